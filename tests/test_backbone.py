@@ -1,0 +1,88 @@
+from functools import partial
+
+import pytest
+import torch
+
+from ssmbench.models.backbone import SequenceModel
+from ssmbench.models.gru import GRUMixer
+from ssmbench.models.transformer import AttentionMixer
+
+
+def model(mixer=partial(GRUMixer), **kw):
+    args = dict(name="m", mixer=mixer, n_classes=3, vocab_size=11, d_model=16, n_layers=2, dropout=0.0, max_len=32)
+    args.update(kw)
+    return SequenceModel(**args).eval()
+
+
+def test_output_shapes_for_sequence_token_real_and_paired_inputs():
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 11, (4, 20))
+    assert model()(tokens).shape == (4, 3)
+    assert model(target="token")(tokens).shape == (4, 20, 3)
+    assert model(vocab_size=None, d_input=2)(torch.randn(4, 20, 2)).shape == (4, 3)
+    assert model(paired=True)(torch.randint(0, 11, (4, 2, 20))).shape == (4, 3)
+
+
+def test_paired_model_encodes_each_document_like_an_unpaired_one():
+    torch.manual_seed(0)
+    m = model(paired=True)
+    x = torch.randint(0, 11, (3, 2, 20))
+    a, b = m.pooled(m.features(x[:, 0]), None), m.pooled(m.features(x[:, 1]), None)
+    expect = m.decoder(torch.cat([a, b, a - b, a * b], -1))
+    torch.testing.assert_close(m(x), expect)
+
+
+def test_mean_pooling_ignores_padding_and_last_pooling_takes_last_valid():
+    m = model(pool="mean")
+    u = torch.randn(2, 5, 16)
+    lengths = torch.tensor([3, 5])
+    torch.testing.assert_close(m.pooled(u, lengths), torch.stack([u[0, :3].mean(0), u[1].mean(0)]))
+    m.pool = "last"
+    torch.testing.assert_close(m.pooled(u, lengths), torch.stack([u[0, 2], u[1, 4]]))
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch", "rms"])
+@pytest.mark.parametrize("prenorm", [True, False])
+@pytest.mark.parametrize("ff", ["none", "mlp", "glu"])
+def test_block_variants_run_and_train(norm, prenorm, ff):
+    m = model(norm=norm, prenorm=prenorm, ff=ff).train()
+    loss = m(torch.randint(0, 11, (4, 12))).logsumexp(-1).mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def future_changes_past(m, L=12, t=6):
+    x = torch.randint(0, 11, (1, L))
+    y = x.clone()
+    y[0, t:] = (y[0, t:] + 1) % 11
+    return not torch.allclose(m.features(x)[:, :t], m.features(y)[:, :t], atol=1e-6)
+
+
+def test_causality_property_matches_behaviour():
+    torch.manual_seed(0)
+    causal_attn = model(mixer=partial(AttentionMixer, num_heads=2, causal=True), positional="sinusoidal")
+    full_attn = model(mixer=partial(AttentionMixer, num_heads=2, causal=False), positional="learned")
+    bi_gru = model(bidirectional=True)
+    assert causal_attn.causal and not future_changes_past(causal_attn)
+    assert model().causal and not future_changes_past(model())
+    assert not full_attn.causal and future_changes_past(full_attn)
+    assert not bi_gru.causal and future_changes_past(bi_gru)
+
+
+def test_gru_mixer_step_equals_forward():
+    torch.manual_seed(0)
+    mixer = GRUMixer(d_model=8, num_layers=2)
+    x = torch.randn(3, 9, 8)
+    state = mixer.initial_state(3)
+    steps = []
+    for x_t in x.unbind(1):
+        y_t, state = mixer.step(x_t, state)
+        steps.append(y_t)
+    torch.testing.assert_close(torch.stack(steps, 1), mixer(x), atol=1e-6, rtol=1e-5)
+
+
+def test_bad_options_name_the_key():
+    with pytest.raises(ValueError, match="model.norm='group'"):
+        model(norm="group")
+    with pytest.raises(ValueError, match="exactly one of d_input or vocab_size"):
+        model(vocab_size=None)
