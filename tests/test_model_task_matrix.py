@@ -1,0 +1,43 @@
+"""fast_dev_run (one train, val and test batch) of every model x task pair in conf/, in-process.
+
+Parametrized from the files in conf/model and conf/task, so a new config is covered automatically.
+Pairs the framework must refuse (a non-causal model on a task that requires causality) are
+checked to fail with the clear error instead.
+"""
+
+import math
+
+import pytest
+from hydra.utils import instantiate
+
+from ssmbench.build import build_model, build_task
+from ssmbench.config import config_groups
+from ssmbench.errors import UserError
+from ssmbench.train import build_lit
+from tests.compose import composed
+from tests.task_fixtures import FIXTURES
+
+SMALL = ["model.d_model=16", "model.n_layers=1", "task.batch_size=2", "task.num_workers=0", "trainer=debug"]
+
+
+@pytest.mark.parametrize("task", config_groups()["task"])
+@pytest.mark.parametrize("model", config_groups()["model"])
+def test_fast_dev_run(model, task, tmp_path):
+    if task in FIXTURES:
+        FIXTURES[task](tmp_path / "data")
+    with composed(f"model={model}", f"task={task}", f"paths.data_dir={tmp_path / 'data'}", *SMALL,
+                  output_dir=tmp_path / "run") as cfg:
+        dm = build_task(cfg)
+        net = instantiate(cfg.model)
+        if dm.causal and not net.causal:
+            with pytest.raises(UserError, match=f"model {model} is not causal.*task {task} requires"):
+                build_model(cfg, dm)
+            return
+        net = build_model(cfg, dm)
+        lit = build_lit(cfg, net, dm)
+        trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
+                              enable_progress_bar=False)
+        trainer.fit(lit, datamodule=dm)
+        (result,) = trainer.test(lit, datamodule=dm, verbose=False)
+        assert 0.0 <= result["test/acc"] <= 1.0
+        assert math.isfinite(result["test/loss"])
