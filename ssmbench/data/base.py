@@ -1,0 +1,124 @@
+"""What every task shares: its metadata, its three splits, data loaders and label checks.
+
+A task's metadata (all constructor keywords of `SequenceDataModule`) is what model configs are
+wired from by interpolation (`${task.n_classes}`):
+
+    vocab_size | d_input   token input x: (B, L) int64 in [0, vocab_size), or real x: (B, L, d_input)
+    n_classes              labels in [0, n_classes)
+    seq_len                L (the longest sequence; shorter ones are padded and carry lengths)
+    target                 "sequence": y: (B,) one label per sequence
+                           "token":    y: (B, L), IGNORE_INDEX where a position has no label
+    causal                 the task requires y_t to depend only on x_{<=t}
+    paired                 x: (B, 2, L[, d_input]): two documents classified together
+
+A batch is (x, y) or (x, y, lengths) with lengths: (B,) (or (B, 2) for paired inputs).
+Subclasses implement `load_splits()`, returning the train, validation and test datasets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from ssmbench.errors import UserError
+
+IGNORE_INDEX = -100
+TARGETS = ("sequence", "token")
+
+
+class TaskDataError(UserError):
+    """Task data that is missing, corrupt or inconsistent with the task's metadata.
+
+    The message names the file or split and says how to obtain or fix it.
+    """
+
+
+def check_labels(y: torch.Tensor, n_classes: int, where: str) -> None:
+    """Raise TaskDataError unless every label of `y` (IGNORE_INDEX aside) lies in [0, n_classes)."""
+    labelled = y[y != IGNORE_INDEX]
+    if labelled.numel() and (labelled.min() < 0 or labelled.max() >= n_classes):
+        raise TaskDataError(
+            f"{where}: labels outside [0, {n_classes}) (found {int(labelled.min())}..{int(labelled.max())}); "
+            f"the task's n_classes does not match its data"
+        )
+
+
+class SequenceDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        *,
+        name: str,
+        n_classes: int,
+        seq_len: int,
+        target: str = "sequence",
+        causal: bool = False,
+        paired: bool = False,
+        vocab_size: int | None = None,
+        d_input: int | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        data_dir: str | Path = "./data",
+    ):
+        super().__init__()
+        if target not in TARGETS:
+            raise ValueError(f"task {name}: target={target!r} is not one of {list(TARGETS)}")
+        if (vocab_size is None) == (d_input is None):
+            raise ValueError(f"task {name}: declare exactly one of vocab_size (tokens) or d_input (real input)")
+        if batch_size < 1:
+            raise ValueError(f"task {name}: batch_size={batch_size} must be at least 1")
+        self.name = name
+        self.n_classes = int(n_classes)
+        self.seq_len = int(seq_len)
+        self.target = target
+        self.causal = bool(causal)
+        self.paired = bool(paired)
+        self.vocab_size = vocab_size
+        self.d_input = d_input
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.seed = int(seed)
+        self.data_dir = Path(data_dir)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def load_splits(self) -> tuple[Dataset, Dataset, Dataset]:
+        """The train, validation and test datasets (generated, or read from `data_dir`)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement load_splits()")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        splits = self.load_splits()
+        for split_name, ds in zip(("train", "val", "test"), splits):
+            if isinstance(ds, TensorDataset):
+                check_labels(ds.tensors[1], self.n_classes, f"task {self.name}, {split_name} split")
+        self.train_set, self.val_set, self.test_set = splits
+
+    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)

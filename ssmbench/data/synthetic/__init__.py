@@ -1,0 +1,1 @@
+"""Synthetic tasks generated deterministically from the seed (no download)."""
