@@ -92,7 +92,7 @@ def _hydra_app(command: str, job: Callable, argv: list[str]) -> None:
         except (UserError, TaskDataError) as e:
             fail(str(e))
 
-    sys.argv = [program, *argv]
+    sys.argv = [program, f"hydra.job.name={command}", *argv]
     hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(task_function)()
 
 
