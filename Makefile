@@ -11,7 +11,6 @@ BIN := $(VENV)/bin
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed-$(EXTRAS): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH)

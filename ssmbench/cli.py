@@ -12,6 +12,7 @@ each job therefore rewrites `sys.argv` to the single-run command that reproduces
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from typing import Callable
@@ -92,7 +93,8 @@ def _hydra_app(command: str, job: Callable, argv: list[str]) -> None:
         except (UserError, TaskDataError) as e:
             fail(str(e))
 
-    sys.argv = [program, f"hydra.job.name={command}", *argv]
+    os.environ["SSMBENCH_COMMAND"] = command  # hydra.job.name (conf/hydra/default.yaml): log file, help title
+    sys.argv = [program, *argv]
     hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(task_function)()
 
 
