@@ -1,0 +1,212 @@
+"""Linear recurrences h_t = a_t * h_{t-1} + b_t over the time dimension, in parallel.
+
+    linear_scan(a, b, h0=None, reverse=False)            the fast path (chunked parallel scan)
+    linear_scan_reference(a, b, h0=None, reverse=False)  the plain loop it is tested against
+
+Shapes: b: (B, L, D); a broadcastable to b (a constant (D,) lambda, (1, 1, D), (B, L, D), ...);
+h0: (B, D) (or broadcastable to it), the state before the first step (zero when omitted);
+-> h: (B, L, D) in the promoted dtype of a, b and h0 (real or complex).
+Forward:  h_t = a_t * h_{t-1} + b_t,  t = 0 .. L-1,  h_{-1} = h0.
+Reverse:  h_t = a_t * h_{t+1} + b_t,  t = L-1 .. 0,  h_L  = h0.
+
+The chunked scan splits the time axis into n chunks of C steps. Pass 1 runs the recurrence inside
+every chunk at once (a loop of C steps vectorized across chunks), from a zero state, keeping
+only each chunk's final state s_k and the product P_k of its a's. The state at the end of chunk
+k obeys the same recurrence one level up, E_k = P_k * E_{k-1} + s_k, which is solved by the
+same scan (recursively). Pass 2 reruns every chunk from its true initial state E_{k-1}. With
+C ~ sqrt(L) that is O(sqrt(L)) sequential steps instead of L, and every number is produced by
+the same multiply-adds as the plain loop (no log-space, no division by cumulative products),
+so the error stays at rounding level on long sequences, also for |a| near 1, signed or complex a.
+
+The backward pass is the adjoint recurrence, itself a linear scan run in the other direction
+with conj(a) (PyTorch's convention: the gradient of a real loss L w.r.t. z is dL/d conj(z)):
+    g_t = dh_t + conj(a_{t+1}) * g_{t+1}     (forward scan; g_{L-1} = dh_{L-1})
+    dL/db_t = g_t,  dL/da_t = g_t * conj(h_{t-1}),  dL/dh0 = conj(a_0) * g_0
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.autograd.function import once_differentiable
+
+SEQUENTIAL_MAX_LEN = 32  # up to this length the plain loop is the fastest scan
+
+
+def _chunk_length(length: int) -> int:
+    """C ~ sqrt(L): both passes take C steps, the carry scan over L / C chunks takes O(sqrt(L / C))."""
+    return max(8, math.isqrt(length))
+
+
+def _sequential_into(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | None, reverse: bool, out: torch.Tensor) -> None:
+    """out_t = a_t * out_{t-1/t+1} + b_t step by step; a, b, out: (*, L, D) broadcast, h: (*, D) or None (zero)."""
+    length = b.shape[-2]
+    for t in range(length - 1, -1, -1) if reverse else range(length):
+        if h is None:
+            out[..., t, :].copy_(b[..., t, :])
+        else:
+            torch.addcmul(b[..., t, :], a[..., t, :], h, out=out[..., t, :])
+        h = out[..., t, :]
+
+
+def _scan_into(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse: bool, out: torch.Tensor) -> None:
+    """The chunked scan (module docstring) written into `out`: (B, L, D); a: (Ba, L, Da) broadcast to b."""
+    batch, length, width = b.shape
+    if length <= SEQUENTIAL_MAX_LEN:
+        _sequential_into(a, b, h0, reverse, out)
+        return
+    chunk = _chunk_length(length)
+    n = length // chunk
+    span = n * chunk
+    # The chunks cover the first `span` steps of the direction of travel; the rest is a short tail.
+    region, tail = (slice(length - span, length), slice(0, length - span)) if reverse else (slice(0, span), slice(span, length))
+    ac = a[:, region].reshape(a.shape[0], n, chunk, a.shape[2])
+    bc = b[:, region].reshape(batch, n, chunk, width)
+    oc = out[:, region].view(batch, n, chunk, width)
+    steps = range(chunk - 1, -1, -1) if reverse else range(chunk)
+
+    # Pass 1: each chunk's final state from a zero start, and the product of its a's (in place:
+    # fresh buffers at every step would cost more than the arithmetic on a CPU).
+    first, *others = steps
+    state = bc[:, :, first].clone(memory_format=torch.contiguous_format)
+    prod = ac[:, :, first].clone(memory_format=torch.contiguous_format)
+    for c in others:
+        a_c = ac[:, :, c]
+        torch.addcmul(bc[:, :, c], a_c, state, out=state)
+        torch.mul(prod, a_c, out=prod)
+
+    # The carry scan one level up: ends[:, k] = prod_k * ends[:, k-1] + state_k (state after chunk k).
+    ends = torch.empty(batch, n, width, dtype=out.dtype, device=out.device)
+    _scan_into(prod, state, h0, reverse, ends)
+    starts = torch.zeros_like(ends) if h0 is None else torch.empty_like(ends)
+    if reverse:
+        starts[:, :-1] = ends[:, 1:]
+        if h0 is not None:
+            starts[:, -1] = h0
+    else:
+        starts[:, 1:] = ends[:, :-1]
+        if h0 is not None:
+            starts[:, 0] = h0
+
+    # Pass 2: every chunk again, from its true initial state, writing the output.
+    state = starts
+    for c in steps:
+        state = torch.addcmul(bc[:, :, c], ac[:, :, c], state, out=oc[:, :, c])
+
+    if tail.stop > tail.start:
+        boundary = out[:, region.start] if reverse else out[:, region.stop - 1]
+        _sequential_into(a[:, tail], b[:, tail], boundary, reverse, out[:, tail])
+
+
+def _sum_to(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum the broadcast dimensions of x away so that it has `shape` (same number of dimensions)."""
+    dims = tuple(i for i, (n, m) in enumerate(zip(x.shape, shape)) if m == 1 and n != 1)
+    return x.sum(dim=dims, keepdim=True) if dims else x
+
+
+class _LinearScan(torch.autograd.Function):
+    """h = scan(a, b, h0) with the adjoint scan as its backward; a: (Ba, L, Da), b: (B, L, D), h0: (B, D)."""
+
+    @staticmethod
+    def forward(ctx, a, b, h0, reverse):
+        h = torch.empty(b.shape, dtype=b.dtype, device=b.device)
+        _scan_into(a, b, h0, reverse, h)
+        ctx.reverse = reverse
+        ctx.save_for_backward(a, h, h0)
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dh):
+        a, h, h0 = ctx.saved_tensors
+        reverse = ctx.reverse
+        # The adjoint runs against the direction of the forward pass, with conj(a) shifted one
+        # step: g_t = dh_t + conj(a_next) * g_next, where "next" is the following forward step.
+        first, rest, a_next = (slice(0, 1), slice(1, None), slice(None, -1)) if reverse else (
+            slice(-1, None), slice(None, -1), slice(1, None))
+        g = torch.empty(dh.shape, dtype=h.dtype, device=h.device)
+        g[:, first] = dh[:, first]
+        _scan_into(a[:, a_next].conj(), dh[:, rest], g[:, first.start], not reverse, g[:, rest])
+
+        grad_a = grad_h0 = None
+        if ctx.needs_input_grad[0]:
+            # dL/da_t = g_t * conj(h_prev), h_prev the state the forward step t multiplied by a_t.
+            prev, cur, start = (slice(1, None), slice(None, -1), -1) if reverse else (
+                slice(None, -1), slice(1, None), 0)
+            full = torch.empty_like(g)
+            torch.mul(g[:, cur], h[:, prev].conj(), out=full[:, cur])
+            if h0 is None:
+                full[:, start].zero_()
+            else:
+                torch.mul(g[:, start], h0.conj(), out=full[:, start])
+            grad_a = _sum_to(full, a.shape)
+        if h0 is not None and ctx.needs_input_grad[2]:
+            start = -1 if reverse else 0
+            grad_h0 = g[:, start] * a[:, start].conj()
+        return grad_a, g, grad_h0, None
+
+
+def _broadcasts_to(shape: torch.Size, target: tuple[int, ...]) -> bool:
+    """True if a tensor of `shape` broadcasts to exactly `target`."""
+    return len(shape) <= len(target) and all(n in (1, m) for n, m in zip(reversed(shape), reversed(target)))
+
+
+def _check(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, name: str) -> torch.dtype:
+    """Validate the shapes; return the dtype of h (a, b, h0 promoted)."""
+    if b.dim() != 3:
+        raise ValueError(f"{name}: b must be (B, L, D), got shape {tuple(b.shape)}")
+    if not _broadcasts_to(a.shape, tuple(b.shape)):
+        raise ValueError(f"{name}: a of shape {tuple(a.shape)} does not broadcast to b of shape {tuple(b.shape)}; "
+                         f"give a as (D,), (1, 1, D) or (B, L, D)")
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    if h0 is not None:
+        target = (b.shape[0], b.shape[2])
+        if not _broadcasts_to(h0.shape, target):
+            raise ValueError(f"{name}: h0 must be (B, D) = {target}, got shape {tuple(h0.shape)}")
+        dtype = torch.promote_types(dtype, h0.dtype)
+    if not (dtype.is_floating_point or dtype.is_complex):
+        raise ValueError(f"{name}: a and b must be real or complex floating point, got {a.dtype} and {b.dtype}")
+    return dtype
+
+
+def linear_scan(
+    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, reverse: bool = False
+) -> torch.Tensor:
+    """h_t = a_t * h_{t-1} + b_t (reverse: h_t = a_t * h_{t+1} + b_t) by a chunked parallel scan.
+
+    a: broadcastable to b (e.g. (D,), (1, 1, D), (B, L, D)), b: (B, L, D), h0: (B, D) or None (zero)
+    -> h: (B, L, D). Real or complex; differentiable in a, b and h0 (gradients of a broadcast a
+    or h0 are summed to their shapes). See the module docstring for the algorithm and its adjoint.
+    """
+    dtype = _check(a, b, h0, "linear_scan")
+    batch, length, width = b.shape
+    a3 = a.to(dtype).reshape((1,) * (3 - a.dim()) + tuple(a.shape))
+    a3 = a3.expand(a3.shape[0], length, a3.shape[2])
+    b = b.to(dtype)
+    if h0 is not None:
+        h0 = h0.to(dtype).expand(batch, width)
+    if length == 0:
+        return b.clone()
+    return _LinearScan.apply(a3, b, h0, reverse)
+
+
+def linear_scan_reference(
+    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, reverse: bool = False
+) -> torch.Tensor:
+    """The plain loop for h_t = a_t * h_{t-1} + b_t (reverse: h_t = a_t * h_{t+1} + b_t).
+
+    a: broadcastable to b, b: (B, L, D), h0: (B, D) or None (zero) -> h: (B, L, D); autograd
+    differentiates through the loop. For testing linear_scan, not for speed.
+    """
+    dtype = _check(a, b, h0, "linear_scan_reference")
+    batch, length, width = b.shape
+    h = torch.zeros(batch, width, dtype=dtype, device=b.device) if h0 is None else h0.to(dtype).expand(batch, width)
+    a_steps = a.to(dtype).expand(b.shape).unbind(1)
+    b_steps = b.to(dtype).unbind(1)
+    order = range(length - 1, -1, -1) if reverse else range(length)
+    hs = [None] * length
+    for t in order:
+        h = a_steps[t] * h + b_steps[t]
+        hs[t] = h
+    return torch.stack(hs, dim=1) if length else b.to(dtype).clone()
