@@ -25,6 +25,7 @@ from ssmbench.errors import UserError
 COMMANDS = {
     "train": "train a model on a task, test the best checkpoint, write results.json",
     "eval": "evaluate a checkpoint on the test split: ssmbench eval ckpt_path=<path>",
+    "compare": "runs side by side: ssmbench compare outputs/multirun/<date> [--group-by model] [--plot curves.png]",
 }
 
 
@@ -126,5 +127,12 @@ def main(argv: list[str] | None = None) -> None:
         if not any(a.startswith("hydra.run.dir=") for a in rest):
             rest = ["hydra.run.dir=${paths.log_dir}/eval/${now:%Y-%m-%d}_${now:%H-%M-%S}", *rest]
         _hydra_app("eval", _eval, rest)
+    elif command == "compare":
+        from ssmbench.compare import compare
+
+        try:
+            compare(rest)
+        except UserError as e:
+            fail(str(e))
     else:
         fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)} (ssmbench --help)")

@@ -1,0 +1,85 @@
+"""`ssmbench compare PATH... [options]`: finished, running and crashed runs side by side.
+
+    ssmbench compare outputs/multirun/2026-01-01_12-00-00           one row per run, sorted by test/acc
+    ssmbench compare 'outputs/listops/*' --group-by model --format markdown
+    ssmbench compare outputs/multirun/<date> --plot curves.png --plot-metric val/acc --group-by model
+
+Reading run directories: ssmbench/compare_runs.py; which keys differ, grouping and sorting:
+ssmbench/compare_table.py; output formats: ssmbench/compare_render.py; curves: ssmbench/compare_plot.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ssmbench.compare_render import render_csv, render_json, render_markdown, render_rich
+from ssmbench.compare_runs import age, load_runs, optuna_results
+from ssmbench.compare_table import DEFAULT_METRICS, compare_runs
+from ssmbench.errors import UserError
+
+FORMATS = ("table", "markdown", "csv", "json")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UserError(f"compare: {message} (ssmbench compare --help)")
+
+
+def _list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="ssmbench compare",
+        description="Compare runs: one row per run (or group) with the config keys that differ between them "
+                    "and their final metrics. Unfinished and crashed runs are shown with their status.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="run directories, directories above runs (a multirun sweep, outputs/), or globs")
+    p.add_argument("--group-by", type=_list, metavar="KEYS",
+                   help="aggregate runs with equal values of these keys, e.g. model,task: mean ± std (sample) "
+                        "and count over each group's completed runs")
+    p.add_argument("--sort", metavar="KEY", help="column to sort by (default test/acc), descending")
+    p.add_argument("--ascending", action="store_true", help="sort ascending (e.g. for a loss)")
+    p.add_argument("--metrics", type=_list, metavar="NAMES",
+                   help=f"metric columns (default: {','.join(DEFAULT_METRICS)}); any key of results.json "
+                        "metrics or fields")
+    p.add_argument("--keys", type=_list, metavar="KEYS", help="config keys to show even when they do not differ")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
+    p.add_argument("--plot", metavar="FILE", help="also write learning curves to FILE (.png, .pdf or .svg)")
+    p.add_argument("--plot-metric", default="val/acc", metavar="NAME", help="metric of the curves (default val/acc)")
+    p.add_argument("--plot-x", default="step", choices=("step", "epoch"), help="x axis of the curves (default step)")
+    return p
+
+
+def compare(argv: list[str]) -> None:
+    """Run `ssmbench compare` with arguments `argv`; errors are UserErrors (one line for the CLI)."""
+    if any(a in ("-h", "--help") for a in argv):
+        parser().print_help()
+        return
+    args = parser().parse_args(argv)
+    runs = load_runs(args.paths)
+    comparison = compare_runs(runs, metrics=args.metrics, keys=args.keys, group_by=args.group_by,
+                              sort=args.sort, ascending=args.ascending)
+    optuna = optuna_results(runs)
+    ages = {str(r.path): age(r) for r in runs if r.status == "running"}
+    if args.format == "table":
+        from rich.console import Console
+
+        # Piped output is not cut to 80 columns: the table keeps its natural width.
+        console = Console() if sys.stdout.isatty() else Console(width=100_000, soft_wrap=True)
+        render_rich(comparison, console, ages, optuna)
+    elif args.format == "markdown":
+        sys.stdout.write(render_markdown(comparison, ages, optuna))
+    elif args.format == "csv":
+        sys.stdout.write(render_csv(comparison))
+    else:
+        sys.stdout.write(render_json(comparison, optuna))
+    if args.plot:
+        from ssmbench.compare_plot import plot_curves
+
+        skipped = plot_curves(runs, args.plot, metric=args.plot_metric, group_by=args.group_by, x=args.plot_x)
+        note = f" ({len(skipped)} runs without {args.plot_metric} left out: {', '.join(skipped)})" if skipped else ""
+        print(f"wrote {args.plot}{note}", file=sys.stderr)
