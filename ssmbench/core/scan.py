@@ -34,9 +34,14 @@ from torch.autograd.function import once_differentiable
 SEQUENTIAL_MAX_LEN = 32  # up to this length the plain loop is the fastest scan
 
 
-def _chunk_length(length: int) -> int:
-    """C ~ sqrt(L): both passes take C steps, the carry scan over L / C chunks takes O(sqrt(L / C))."""
-    return max(8, math.isqrt(length))
+def _chunk_length(length: int, device: torch.device) -> int:
+    """Steps per chunk. On a CPU C ~ sqrt(L) (both passes take C steps, the carry scan over L / C
+    chunks O(sqrt(L / C)) more; a step's slice of L / C positions stays in cache). On a GPU every
+    step is a kernel launch and memory is fast, so short chunks and more recursion levels
+    (about 3 C log_C(L) launches) are cheaper."""
+    if device.type == "cpu":
+        return max(8, math.isqrt(length))
+    return 8
 
 
 def _sequential_into(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | None, reverse: bool, out: torch.Tensor) -> None:
@@ -56,7 +61,7 @@ def _scan_into(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, revers
     if length <= SEQUENTIAL_MAX_LEN:
         _sequential_into(a, b, h0, reverse, out)
         return
-    chunk = _chunk_length(length)
+    chunk = _chunk_length(length, out.device)
     n = length // chunk
     span = n * chunk
     # The chunks cover the first `span` steps of the direction of travel; the rest is a short tail.
@@ -121,28 +126,41 @@ class _LinearScan(torch.autograd.Function):
     def backward(ctx, dh):
         a, h, h0 = ctx.saved_tensors
         reverse = ctx.reverse
-        # The adjoint runs against the direction of the forward pass, with conj(a) shifted one
-        # step: g_t = dh_t + conj(a_next) * g_next, where "next" is the following forward step.
-        first, rest, a_next = (slice(0, 1), slice(1, None), slice(None, -1)) if reverse else (
-            slice(-1, None), slice(None, -1), slice(1, None))
-        g = torch.empty(dh.shape, dtype=h.dtype, device=h.device)
-        g[:, first] = dh[:, first]
-        _scan_into(a[:, a_next].conj(), dh[:, rest], g[:, first.start], not reverse, g[:, rest])
+        batch, length, width = h.shape
+        # The adjoint g_t = dh_t + conj(a_next) * g_next runs against the forward direction ("next"
+        # is the following forward step). It is solved conjugated, gc = conj(g):
+        #     gc_t = conj(dh_t) + a_next * gc_next,
+        # in place in one buffer, so that no conjugate view of a or h is ever materialized.
+        first, rest, a_next = (0, slice(1, None), slice(None, -1)) if reverse else (-1, slice(None, -1), slice(1, None))
+        gc = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+        if h.is_complex():
+            gc.copy_(dh.conj())
+            dh = gc
+        else:
+            gc[:, first] = dh[:, first]
+        _scan_into(a[:, a_next], dh[:, rest], gc[:, first], not reverse, gc[:, rest])
 
-        grad_a = grad_h0 = None
+        # dL/da_t = g_t * conj(h_prev) = conj(gc_t * h_prev), h_prev the state that step t multiplies.
+        cur, prev, start = (slice(None, -1), slice(1, None), -1) if reverse else (slice(1, None), slice(None, -1), 0)
+        grad_a = None
         if ctx.needs_input_grad[0]:
-            # dL/da_t = g_t * conj(h_prev), h_prev the state the forward step t multiplied by a_t.
-            prev, cur, start = (slice(1, None), slice(None, -1), -1) if reverse else (
-                slice(None, -1), slice(1, None), 0)
-            full = torch.empty_like(g)
-            torch.mul(g[:, cur], h[:, prev].conj(), out=full[:, cur])
-            if h0 is None:
-                full[:, start].zero_()
+            if a.shape[0] == 1 < batch:  # a shared by the batch: accumulate, never (B, L, D) at once
+                grad_a = torch.zeros(1, length, width, dtype=h.dtype, device=h.device)
+                for i in range(batch):
+                    torch.addcmul(grad_a[0, cur], gc[i, cur], h[i, prev], out=grad_a[0, cur])
+                    if h0 is not None:
+                        torch.addcmul(grad_a[0, start], gc[i, start], h0[i], out=grad_a[0, start])
             else:
-                torch.mul(g[:, start], h0.conj(), out=full[:, start])
-            grad_a = _sum_to(full, a.shape)
+                grad_a = torch.empty_like(gc)
+                torch.mul(gc[:, cur], h[:, prev], out=grad_a[:, cur])
+                if h0 is None:
+                    grad_a[:, start].zero_()
+                else:
+                    torch.mul(gc[:, start], h0, out=grad_a[:, start])
+            grad_a = _sum_to(grad_a, a.shape).conj_physical_()
+        g = gc.conj_physical_()
+        grad_h0 = None
         if h0 is not None and ctx.needs_input_grad[2]:
-            start = -1 if reverse else 0
             grad_h0 = g[:, start] * a[:, start].conj()
         return grad_a, g, grad_h0, None
 
