@@ -24,7 +24,7 @@ def point_segment_distance2(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.n
     dy, dx = b[..., 0] - a[..., 0], b[..., 1] - a[..., 1]
     py, px = p[..., 0] - a[..., 0], p[..., 1] - a[..., 1]
     length2 = dy * dy + dx * dx
-    t = np.clip((py * dy + px * dx) / np.where(length2 > 0, length2, 1.0), 0.0, 1.0)
+    t = np.minimum(np.maximum((py * dy + px * dx) / np.where(length2 > 0, length2, 1.0), 0.0), 1.0)
     ey, ex = py - t * dy, px - t * dx
     return ey * ey + ex * ex
 

@@ -141,7 +141,10 @@ class Scene:
 
 def _unit(theta: np.ndarray) -> np.ndarray:
     """(...) -> (..., 2): the (y, x) unit vector at angle theta."""
-    return np.stack([np.sin(theta), np.cos(theta)], axis=-1)
+    theta = np.asarray(theta)
+    u = np.empty(theta.shape + (2,))
+    u[..., 0], u[..., 1] = np.sin(theta), np.cos(theta)
+    return u
 
 
 class _Geometry:
