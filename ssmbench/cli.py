@@ -26,6 +26,7 @@ COMMANDS = {
     "train": "train a model on a task, test the best checkpoint, write results.json",
     "eval": "evaluate a checkpoint on the test split: ssmbench eval ckpt_path=<path>",
     "compare": "runs side by side: ssmbench compare outputs/multirun/<date> [--group-by model] [--plot curves.png]",
+    "data": "task data: ssmbench data list | prepare <task> | generate listops|pathfinder (--help for options)",
 }
 
 
@@ -134,5 +135,9 @@ def main(argv: list[str] | None = None) -> None:
             compare(rest)
         except UserError as e:
             fail(str(e))
+    elif command == "data":
+        from ssmbench.data_cli import main as data_main
+
+        data_main(rest)
     else:
         fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)} (ssmbench --help)")

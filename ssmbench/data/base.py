@@ -12,11 +12,14 @@ wired from by interpolation (`${task.n_classes}`):
     paired                 x: (B, 2, L[, d_input]): two documents classified together
 
 A batch is (x, y) or (x, y, lengths) with lengths: (B,) (or (B, 2) for paired inputs).
-Subclasses implement `load_splits()`, returning the train, validation and test datasets.
+Subclasses implement `load_splits()`, returning the train, validation and test datasets; tasks that
+read files also override `prepare_data()` (fetch and process, or fail with TaskDataError) and
+`data_status()` (what `ssmbench data list` shows).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -34,6 +37,24 @@ class TaskDataError(UserError):
 
     The message names the file or split and says how to obtain or fix it.
     """
+
+
+@dataclass
+class DataStatus:
+    """Where a task's data comes from and whether it is on disk (`ssmbench data list`)."""
+
+    source: str                      # e.g. "Hugging Face ylecun/mnist", "generated from the seed"
+    ready: bool                      # the run can start without fetching or generating anything
+    location: Path | None = None     # the directory its files are read from
+    size_bytes: int = 0              # size on disk of its source files and caches
+    remedy: str = ""                 # what provides the data when it is not ready
+
+
+def dataset_labels(ds: Dataset) -> torch.Tensor | None:
+    """The labels of a dataset: `tensors[1]` of a TensorDataset, else its `labels` attribute (or None)."""
+    if isinstance(ds, TensorDataset):
+        return ds.tensors[1]
+    return getattr(ds, "labels", None)
 
 
 def check_labels(y: torch.Tensor, n_classes: int, where: str) -> None:
@@ -94,13 +115,18 @@ class SequenceDataModule(L.LightningDataModule):
         """The train, validation and test datasets (generated, or read from `data_dir`)."""
         raise NotImplementedError(f"{type(self).__name__} must implement load_splits()")
 
+    def data_status(self) -> DataStatus:
+        """Where the data comes from and whether it is ready; tasks that read files override this."""
+        return DataStatus(source="generated from the seed at run time", ready=True)
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         splits = self.load_splits()
         for split_name, ds in zip(("train", "val", "test"), splits):
-            if isinstance(ds, TensorDataset):
-                check_labels(ds.tensors[1], self.n_classes, f"task {self.name}, {split_name} split")
+            labels = dataset_labels(ds)
+            if labels is not None:
+                check_labels(labels, self.n_classes, f"task {self.name}, {split_name} split")
         self.train_set, self.val_set, self.test_set = splits
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:

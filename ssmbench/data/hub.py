@@ -1,0 +1,117 @@
+"""Hugging Face hub datasets as local parquet files: download once, then read without the hub.
+
+A dataset lives in `<data_dir>/<name>/` as parquet files in the hub's own schema (an image column
+is a struct {bytes: PNG/JPEG bytes, path}). A split is every file named `<split>.parquet` or
+`<split>-*.parquet` (the hub's `train-00000-of-00001.parquet`) anywhere below that directory, so
+both `ssmbench data prepare <task>` (which writes `<split>.parquet`) and a copy of the hub
+repository's parquet files (`huggingface-cli download <id> --repo-type dataset --local-dir ...`) work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ssmbench.data.base import DataStatus
+from ssmbench.data.storage import cache_files, corrupt_file, missing_data, size_on_disk
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    """A dataset of the Hugging Face hub: its id, its local directory name and the splits used."""
+
+    hub_id: str
+    name: str
+    splits: tuple[str, ...] = ("train", "test")
+
+    def local_dir(self, data_dir: Path) -> Path:
+        return data_dir / self.name
+
+    def split_files(self, data_dir: Path, split: str) -> list[Path]:
+        """The parquet files of `split` below `local_dir`, sorted (empty if there are none)."""
+        root = self.local_dir(data_dir)
+        if not root.is_dir():
+            return []
+        return sorted(p for p in root.rglob("*.parquet")
+                      if p.name == f"{split}.parquet" or p.name.startswith(f"{split}-"))
+
+    def source_files(self, data_dir: Path) -> list[Path]:
+        return [f for split in self.splits for f in self.split_files(data_dir, split)]
+
+    def is_present(self, data_dir: Path) -> bool:
+        return all(self.split_files(data_dir, split) for split in self.splits)
+
+    def looked_for(self, data_dir: Path) -> list[str]:
+        root = self.local_dir(data_dir)
+        return [f"{root}/**/{split}{{.parquet,-*.parquet}}" for split in self.splits]
+
+
+def download(dataset: HubDataset, data_dir: Path, task: str, **load_kwargs) -> None:
+    """`datasets.load_dataset(hub_id)` and write each split to `<data_dir>/<name>/<split>.parquet`.
+
+    `load_kwargs` go to `load_dataset` (e.g. a revision). Raises TaskDataError when the hub cannot be
+    reached, naming the directory the parquet files can be copied into instead.
+    """
+    import datasets
+
+    out = dataset.local_dir(data_dir)
+    try:
+        loaded = datasets.load_dataset(dataset.hub_id, **load_kwargs)
+    except Exception as e:  # no network, hub down, unknown revision, ...
+        reason = f"{type(e).__name__}: {e}".splitlines()[0]
+        raise missing_data(
+            task, dataset.looked_for(data_dir),
+            f"downloading {dataset.hub_id} from the Hugging Face hub failed ({reason}); run "
+            f"`ssmbench data prepare {task} --data-dir {data_dir}` where the hub is reachable, or copy the parquet "
+            f"files of https://huggingface.co/datasets/{dataset.hub_id} into {out}",
+        ) from e
+    out.mkdir(parents=True, exist_ok=True)
+    for split in dataset.splits:
+        target = out / f"{split}.parquet"
+        tmp = target.with_name(target.name + ".tmp")
+        loaded[split].to_parquet(str(tmp))
+        tmp.replace(target)
+
+
+def ensure_local(dataset: HubDataset, data_dir: Path, task: str, download_missing: bool) -> None:
+    """Make sure every split is on disk: download it when allowed, else raise TaskDataError saying how."""
+    if dataset.is_present(data_dir):
+        return
+    if download_missing:
+        download(dataset, data_dir, task)
+        return
+    raise missing_data(
+        task, dataset.looked_for(data_dir),
+        f"run `ssmbench data prepare {task} --data-dir {data_dir}` (downloads {dataset.hub_id}), or copy the parquet "
+        f"files of https://huggingface.co/datasets/{dataset.hub_id} into {dataset.local_dir(data_dir)}",
+    )
+
+
+def hub_status(dataset: HubDataset, data_dir: Path, task: str) -> DataStatus:
+    """`ssmbench data list`'s row for a task that reads `dataset`."""
+    return DataStatus(
+        source=f"Hugging Face {dataset.hub_id}",
+        ready=dataset.is_present(data_dir),
+        location=dataset.local_dir(data_dir),
+        size_bytes=size_on_disk([dataset.local_dir(data_dir), *cache_files(data_dir, dataset.name)]),
+        remedy=f"ssmbench data prepare {task}",
+    )
+
+
+def read_split(dataset: HubDataset, data_dir: Path, split: str, columns: list[str]):
+    """[(file, pyarrow Table of `columns`), ...] for every parquet file of `split`, in file order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for f in dataset.split_files(data_dir, split):
+        try:
+            table = pq.read_table(f)
+        except (pa.ArrowException, OSError) as e:
+            raise corrupt_file(f, f"not a readable parquet file ({type(e).__name__}: {e})".replace("\n", " ")) from e
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise corrupt_file(f, f"has no column {missing} (columns: {table.column_names}); expected the schema of "
+                                  f"the hub dataset {dataset.hub_id}")
+        tables.append((f, table.select(columns)))
+    return tables

@@ -1,0 +1,124 @@
+"""LRA ListOps: the value (0-9) of a nested MIN / MAX / MED / SM expression, one token per step.
+
+Files (the release layout, or `ssmbench data generate listops`):
+    <root>/listops-1000/basic_{train,val,test}.tsv    header "Source<TAB>Target", one expression per line
+
+Tokens: the parentheses of the release's bracketing are dropped; the rest map to
+    0 padding, 1..10 the digits 0..9, 11 [MIN, 12 [MAX, 13 [MED, 14 [SM, 15 ]      (vocab_size 16)
+x: (L,) int64 zero-padded to seq_len (2048), lengths: the number of tokens, y: the value.
+An expression longer than seq_len is an error (truncating it would change its value).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from ssmbench.data.base import DataStatus, SequenceDataModule
+from ssmbench.data.lra.listops_generator import SPLIT_FILES
+from ssmbench.data.lra.release import candidate_roots, download_hint, find_root, looked_for, source_label
+from ssmbench.data.sequences import TokenSequences, ragged
+from ssmbench.data.storage import (TensorCache, cache_files, corrupt_file, fingerprint, missing_data, progress,
+                                   resolve_data_dir, size_on_disk)
+
+SUBDIR = "listops-1000"
+VOCAB = ("<pad>", *(str(d) for d in range(10)), "[MIN", "[MAX", "[MED", "[SM", "]")
+TOKEN_IDS = {token: i for i, token in enumerate(VOCAB)}
+OPERATOR_IDS = {TOKEN_IDS[op] for op in ("[MIN", "[MAX", "[MED", "[SM")}
+BRACKETS = {"(", ")"}
+SPLITS = ("train", "val", "test")
+
+
+def tokenize(source: str) -> list[int]:
+    """The token ids of an expression's text (parentheses dropped); KeyError on an unknown token."""
+    return [TOKEN_IDS[t] for t in source.split() if t not in BRACKETS]
+
+
+def read_listops_tsv(path: Path) -> tuple[list[list[int]], list[int]]:
+    """(token ids per expression, values) of one release TSV; TaskDataError naming the file and line
+    for a missing header, a malformed or truncated line, an unknown token or a value outside 0-9."""
+    sources, targets = [], []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = csv.reader(f, delimiter="\t")
+        header = next(rows, None)
+        if header != ["Source", "Target"]:
+            raise corrupt_file(path, f"first line is {header}, expected the header ['Source', 'Target']")
+        for line, row in enumerate(rows, start=2):
+            if len(row) != 2:
+                raise corrupt_file(path, f"line {line} has {len(row)} fields, expected 2 (Source, Target)")
+            try:
+                tokens = tokenize(row[0])
+            except KeyError as e:
+                raise corrupt_file(path, f"line {line}: unknown token {e.args[0]!r}") from e
+            n_ops = sum(t in OPERATOR_IDS for t in tokens)
+            if not tokens or n_ops != tokens.count(TOKEN_IDS["]"]):
+                raise corrupt_file(path, f"line {line}: unbalanced expression ({n_ops} operators, "
+                                         f"{tokens.count(TOKEN_IDS[']'])} closing brackets)")
+            if row[1] not in {str(d) for d in range(10)}:
+                raise corrupt_file(path, f"line {line}: Target {row[1]!r} is not a digit 0-9")
+            sources.append(tokens)
+            targets.append(int(row[1]))
+    return sources, targets
+
+
+class ListOpsDataModule(SequenceDataModule):
+    def __init__(self, *, root: str | None = None, **metadata):
+        """root: the directory holding listops-1000/ (relative to data_dir or absolute); None searches
+        the release locations of `ssmbench.data.lra.release`."""
+        super().__init__(**metadata)
+        if self.vocab_size != len(VOCAB) or self.n_classes != 10:
+            raise ValueError(f"task {self.name}: ListOps has vocab_size={len(VOCAB)} and n_classes=10, "
+                             f"the config says {self.vocab_size} and {self.n_classes}")
+        self.root_option = root
+        self.root = resolve_data_dir(self.data_dir)
+        self.needed = [f"{SUBDIR}/{name}" for name in SPLIT_FILES]
+
+    def _files(self) -> list[Path]:
+        found = find_root(self.root, self.root_option, self.needed)
+        if found is None:
+            where = looked_for(self.root, self.root_option, f"{SUBDIR}/basic_{{train,val,test}}.tsv")
+            raise missing_data(self.name, where,
+                               f"{download_hint(self.root)}, or generate it with "
+                               f"`ssmbench data generate listops --data-dir {self.root}`")
+        return [found / rel for rel in self.needed]
+
+    def _cache(self, files: list[Path]) -> TensorCache:
+        return TensorCache(self.root, "listops", {"files": fingerprint(files, self.root)})
+
+    def _read(self, files: list[Path]) -> dict[str, torch.Tensor]:
+        tensors = {}
+        for split, path in progress(list(zip(SPLITS, files)), "listops: reading the TSV files"):
+            sources, targets = read_listops_tsv(path)
+            tensors[f"{split}_tokens"], tensors[f"{split}_offsets"] = ragged(sources, torch.uint8)
+            tensors[f"{split}_labels"] = torch.tensor(targets, dtype=torch.long)
+        return tensors
+
+    def prepare_data(self) -> None:
+        files = self._files()
+        cache = self._cache(files)
+        if not cache.exists():
+            cache.get(lambda: self._read(files))
+
+    def load_splits(self) -> tuple[TokenSequences, TokenSequences, TokenSequences]:
+        files = self._files()
+        t = self._cache(files).get(lambda: self._read(files))
+        splits = []
+        for split, path in zip(SPLITS, files):
+            offsets = t[f"{split}_offsets"]
+            longest = int((offsets[1:] - offsets[:-1]).max()) if len(offsets) > 1 else 0
+            if longest > self.seq_len:
+                raise corrupt_file(path, f"holds an expression of {longest} tokens, more than task.seq_len={self.seq_len}",
+                                   remedy="raise task.seq_len (expressions are never truncated)")
+            splits.append(TokenSequences([(t[f"{split}_tokens"], offsets)], t[f"{split}_labels"], self.seq_len))
+        return tuple(splits)
+
+    def data_status(self) -> DataStatus:
+        found = find_root(self.root, self.root_option, self.needed)
+        location = (found or candidate_roots(self.root, self.root_option)[0]) / SUBDIR
+        return DataStatus(
+            source=source_label(location, "listops"), ready=found is not None, location=location,
+            size_bytes=size_on_disk([location, *cache_files(self.root, "listops")]),
+            remedy=f"{download_hint(self.root)}, or `ssmbench data generate listops`",
+        )
