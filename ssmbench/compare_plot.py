@@ -34,8 +34,10 @@ def plot_curves(runs: list[Run], out: str | Path, metric: str = "val/acc", group
                 x: str = "step") -> list[str]:
     """Write the learning curves of `metric` to `out` (format from its suffix: .png, .pdf, .svg).
     Returns the names of runs that had no logged `metric` (left out of the plot)."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise UserError("--plot needs matplotlib: pip install matplotlib") from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
