@@ -74,8 +74,8 @@ def _scan_into(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, revers
     # Pass 1: each chunk's final state from a zero start, and the product of its a's (in place:
     # fresh buffers at every step would cost more than the arithmetic on a CPU).
     first, *others = steps
-    state = bc[:, :, first].clone(memory_format=torch.contiguous_format)
-    prod = ac[:, :, first].clone(memory_format=torch.contiguous_format)
+    state = torch.empty(batch, n, width, dtype=out.dtype, device=out.device).copy_(bc[:, :, first])
+    prod = torch.empty(a.shape[0], n, a.shape[2], dtype=out.dtype, device=out.device).copy_(ac[:, :, first])
     for c in others:
         a_c = ac[:, :, c]
         torch.addcmul(bc[:, :, c], a_c, state, out=state)
