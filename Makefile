@@ -4,7 +4,7 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev
+EXTRAS ?= dev,sweep,slurm
 BIN := $(VENV)/bin
 
 .PHONY: install train test test-fast bench clean

@@ -19,7 +19,6 @@ from typing import Callable
 
 from ssmbench import __version__
 from ssmbench.config import config_dir, config_groups, register_resolvers
-from ssmbench.data.base import TaskDataError
 from ssmbench.errors import UserError
 
 COMMANDS = {
@@ -80,6 +79,8 @@ def _job_command(command: str) -> tuple[str, list[str]]:
 def _hydra_app(command: str, job: Callable, argv: list[str]) -> None:
     """Run `job(cfg, typed_command, replay_command)` as a Hydra app over conf/ with `argv` as its arguments."""
     import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import DictConfig
 
     from ssmbench.runinfo import command_line
@@ -92,7 +93,9 @@ def _hydra_app(command: str, job: Callable, argv: list[str]) -> None:
         sys.argv = [program, *child_argv]
         try:
             return job(cfg, typed, replay)
-        except (UserError, TaskDataError) as e:
+        except UserError as e:
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise  # the sweeper records the job as failed (Optuna goes on with the next trial)
             fail(str(e))
 
     os.environ["SSMBENCH_COMMAND"] = command  # hydra.job.name (conf/hydra/default.yaml): log file, help title

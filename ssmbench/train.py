@@ -60,6 +60,16 @@ def end_distributed(env_before: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
+def resume_from(cfg: DictConfig, out: Path) -> str | None:
+    """The checkpoint to continue from: `ckpt_path` if given, else this run's last.ckpt when SLURM has
+    requeued the job (SLURM_RESTART_COUNT > 0: preempted or timed out, rerun in the same directory)."""
+    if cfg.get("ckpt_path"):
+        return cfg.ckpt_path
+    last = out / "checkpoints" / "last.ckpt"
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+    return str(last) if requeued and last.is_file() else None
+
+
 def _metrics(trainer: L.Trainer) -> dict:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
@@ -93,7 +103,7 @@ def train(cfg: DictConfig, command: str, replay: str) -> float | None:
         results.update(count_parameters(net))
         callbacks = build_callbacks(cfg)
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=build_loggers(cfg, "train"))
-        trainer.fit(lit, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(lit, datamodule=dm, ckpt_path=resume_from(cfg, out))
         fit_metrics = _metrics(trainer)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         test_metrics = trainer.test(lit, datamodule=dm, ckpt_path=best or None, weights_only=True)[0]
