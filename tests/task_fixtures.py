@@ -1,6 +1,7 @@
 """Small data files, in each task's real format, for the tasks that read files (no network in tests).
 
-`FIXTURES[task_name](data_dir)` writes the files the task's datamodule looks for under `data_dir`.
+`FIXTURES[task_name](data_dir)` writes the files the task's datamodule looks for under `data_dir` (and returns
+what it wrote, for tests that check the loaders against it).
 Generated tasks (copy, ...) need none. The writers here are independent of ssmbench's readers:
 
     mnist / cifar10 / imdb   parquet files with the Hugging Face hub's schema (an image column is a
@@ -56,26 +57,29 @@ def image_column(images: list[np.ndarray]):
 
 
 def write_image_dataset(data_dir: Path, name: str, config: str, column: str, shape: tuple[int, ...], sizes: dict,
-                        seed: int) -> None:
+                        seed: int) -> dict[str, tuple[np.ndarray, list[int]]]:
     """<data_dir>/<name>/<config>/<split>-00000-of-00001.parquet (the hub repository's layout) with random
-    images and labels 0-9."""
+    images and labels 0-9; returns {split: (images (N, *shape) uint8, labels)}."""
     import pyarrow as pa
 
     rng = np.random.default_rng(seed)
+    written = {}
     for split, n in sizes.items():
         images = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(n)]
         labels = pa.array([i % 10 for i in range(n)], type=pa.int64())
         features = {column: {"_type": "Image"}, "label": {"_type": "ClassLabel", "names": [str(d) for d in range(10)]}}
         write_hub_parquet(data_dir / name / config / f"{split}-00000-of-00001.parquet",
                           {column: image_column(images), "label": labels}, features)
+        written[split] = (np.stack(images), labels.to_pylist())
+    return written
 
 
-def write_mnist(data_dir: Path) -> None:
-    write_image_dataset(data_dir, "mnist", "mnist", "image", (28, 28), MNIST_SIZES, seed=0)
+def write_mnist(data_dir: Path, seed: int = 0) -> dict:
+    return write_image_dataset(data_dir, "mnist", "mnist", "image", (28, 28), MNIST_SIZES, seed)
 
 
-def write_cifar10(data_dir: Path) -> None:
-    write_image_dataset(data_dir, "cifar10", "plain_text", "img", (32, 32, 3), CIFAR_SIZES, seed=1)
+def write_cifar10(data_dir: Path) -> dict:
+    return write_image_dataset(data_dir, "cifar10", "plain_text", "img", (32, 32, 3), CIFAR_SIZES, seed=1)
 
 
 def random_text(rng: random.Random, n_words: int) -> str:
@@ -83,11 +87,13 @@ def random_text(rng: random.Random, n_words: int) -> str:
     return " ".join(rng.choice(words) for _ in range(n_words))
 
 
-def write_imdb(data_dir: Path) -> None:
-    """imdb/plain_text/{train,test}-00000-of-00001.parquet: (text, label) with some reviews over 4096 bytes."""
+def write_imdb(data_dir: Path) -> dict[str, tuple[list[str], list[int]]]:
+    """imdb/plain_text/{train,test}-00000-of-00001.parquet: (text, label) with some reviews over 4096 bytes;
+    returns {split: (texts, labels)}."""
     import pyarrow as pa
 
     rng = random.Random(2)
+    written = {}
     for split, n in IMDB_SIZES.items():
         texts = [random_text(rng, rng.choice([5, 80, 1200])) for _ in range(n)]
         features = {"text": {"dtype": "string", "_type": "Value"},
@@ -95,6 +101,8 @@ def write_imdb(data_dir: Path) -> None:
         write_hub_parquet(data_dir / "imdb" / "plain_text" / f"{split}-00000-of-00001.parquet",
                           {"text": pa.array(texts), "label": pa.array([i % 2 for i in range(n)], type=pa.int64())},
                           features)
+        written[split] = (texts, [i % 2 for i in range(n)])
+    return written
 
 
 # ListOps: expressions as nested lists [op, arg, ...], written in the release's binary bracketing.
@@ -130,28 +138,37 @@ def random_listops(rng: random.Random, depth: int):
     return [rng.choice(LISTOPS_OPS)] + [random_listops(rng, depth - 1) for _ in range(rng.randint(2, 5))]
 
 
-def write_listops(data_dir: Path) -> None:
+def write_listops(data_dir: Path) -> dict[str, list]:
+    """lra_release/listops-1000/basic_*.tsv; returns {file name: [expression, ...]}."""
     rng = random.Random(3)
+    written = {}
     out = data_dir / "lra_release" / "listops-1000"
     out.mkdir(parents=True, exist_ok=True)
     for name, n in LISTOPS_SIZES.items():
         exprs = [[rng.choice(LISTOPS_OPS), random_listops(rng, 3), random_listops(rng, 3)] for _ in range(n)]
         lines = ["Source\tTarget"] + [f"{listops_text(e)}\t{listops_value(e)}" for e in exprs]
         (out / name).write_text("\r\n".join(lines) + "\r\n")  # csv.writer's line ends, as in the release
+        written[name] = exprs
+    return written
 
 
-def write_aan(data_dir: Path) -> None:
-    """tsv_data/new_aan_pairs.*.tsv: label, id1, id2, text1, text2; one document over 4000 bytes."""
+def write_aan(data_dir: Path) -> dict[str, list[tuple[int, str, str]]]:
+    """tsv_data/new_aan_pairs.*.tsv: label, id1, id2, text1, text2; one document over 4000 bytes;
+    returns {file name: [(label, text1, text2), ...]}."""
     rng = random.Random(4)
     out = data_dir / "lra_release" / "tsv_data"
     out.mkdir(parents=True, exist_ok=True)
+    written = {}
     for name, n in AAN_SIZES.items():
-        lines = []
+        lines, rows = [], []
         for i in range(n):
             text1 = random_text(rng, 1500 if i == 0 else rng.randint(3, 60))
             text2 = random_text(rng, rng.randint(3, 60))
             lines.append(f"{float(i % 2)}\tP{i:02d}-1001\tP{i:02d}-2002\t{text1}\t{text2}")
+            rows.append((i % 2, text1, text2))
         (out / name).write_text("\n".join(lines) + "\n")
+        written[name] = rows
+    return written
 
 
 def write_pathfinder_release(data_dir: Path, resolution: int, n_images: int = PATHFINDER_IMAGES,
@@ -175,7 +192,7 @@ def write_pathfinder_release(data_dir: Path, resolution: int, n_images: int = PA
     return labels
 
 
-FIXTURES: dict[str, Callable[[Path], None]] = {
+FIXTURES: dict[str, Callable[[Path], object]] = {
     "smnist": write_mnist,
     "psmnist": write_mnist,
     "scifar": write_cifar10,

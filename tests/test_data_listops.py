@@ -1,0 +1,151 @@
+"""LRA ListOps: the published generator (checked by an independent evaluator) and the TSV loader."""
+
+import csv
+
+import pytest
+import torch
+
+from ssmbench.data.base import TaskDataError
+from ssmbench.data.lra.listops import VOCAB, ListOpsDataModule
+from ssmbench.data.lra.listops_generator import generate_listops, write_listops
+from tests.task_fixtures import LISTOPS_SIZES, listops_text, listops_value
+from tests.task_fixtures import write_listops as write_listops_fixture
+
+
+
+def floor_median(args: list[int]) -> int:
+    a, k = sorted(args), len(args) // 2
+    return a[k] if len(a) % 2 else (a[k - 1] + a[k]) // 2
+
+
+OPS = {"[MIN": min, "[MAX": max, "[MED": floor_median, "[SM": lambda a: sum(a) % 10}
+
+
+def evaluate_text(source: str) -> tuple[int, int, int, int]:
+    """(value, length without parentheses, deepest operator nesting, most arguments of an operator) of a
+    release-format expression, by a stack machine over its tokens (independent of the generator)."""
+    stack, value, depth, widest = [], None, 0, 0
+    tokens = [t for t in source.split() if t not in "()"]
+    for t in tokens:
+        if t in OPS:
+            stack.append((t, []))
+            depth = max(depth, len(stack))
+        elif t == "]":
+            op, args = stack.pop()
+            widest = max(widest, len(args))
+            result = OPS[op](args)
+            if stack:
+                stack[-1][1].append(result)
+            else:
+                value = result
+        elif stack:
+            stack[-1][1].append(int(t))
+        else:
+            value = int(t)
+    assert not stack and source.count("(") == source.count(")")
+    return value, len(tokens), depth, widest
+
+
+def test_generated_expressions_evaluate_to_their_labels_within_the_limits():
+    train, val, test = generate_listops(60, 10, 10, seed=3, max_depth=4, max_args=5, min_length=10, max_length=120,
+                                        show_progress=False)
+    assert (len(train), len(val), len(test)) == (60, 10, 10)
+    sources = [s for s, _ in train + val + test]
+    assert len(set(sources)) == 80  # unique examples
+    for source, label in train + val + test:
+        value, length, depth, widest = evaluate_text(source)
+        assert value == label and 10 < length < 120
+        assert depth <= 3 and 2 <= widest <= 5  # operators only above max_depth, 2..max_args arguments
+
+
+def test_published_settings_give_lengths_between_500_and_2000():
+    train, _, _ = generate_listops(15, 0, 0, seed=0, show_progress=False)
+    for source, label in train:
+        value, length, depth, widest = evaluate_text(source)
+        assert value == label and 500 < length < 2000 and depth <= 9 and widest <= 10
+
+
+def test_same_seed_same_files(tmp_path):
+    def files(seed, name):
+        splits = generate_listops(20, 4, 4, seed=seed, min_length=5, max_length=80, show_progress=False)
+        return [p.read_bytes() for p in write_listops(tmp_path / name, splits)]
+
+    assert files(7, "a") == files(7, "b")
+    assert files(7, "a") != files(8, "c")
+    with open(tmp_path / "a" / "basic_val.tsv", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert rows[0] == ["Source", "Target"] and len(rows) == 5 and all(r[1] in "0123456789" for r in rows[1:])
+
+
+def test_text_format_matches_the_release_bracketing():
+    assert listops_text(["[MAX", 2, 9]) == "( ( ( [MAX 2 ) 9 ) ] )"
+    train, _, _ = generate_listops(5, 0, 0, seed=1, min_length=3, max_length=8, show_progress=False)
+    for source, _ in train:
+        assert source.startswith("( ( ") and source.endswith(" ] )")
+
+
+def listops_task(data_dir, **kw):
+    args = dict(name="listops", vocab_size=16, n_classes=10, seq_len=256, data_dir=data_dir, batch_size=3)
+    args.update(kw)
+    dm = ListOpsDataModule(**args)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def test_loader_tokens_padding_lengths_and_splits(tmp_path):
+    written = write_listops_fixture(tmp_path)
+    dm = listops_task(tmp_path)
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == tuple(LISTOPS_SIZES.values())
+    for ds, name in ((dm.train_set, "basic_train.tsv"), (dm.test_set, "basic_test.tsv")):
+        for i, expr in enumerate(written[name]):
+            x, y, n = ds[i]
+            tokens = [t for t in listops_text(expr).split() if t not in "()"]
+            assert x.dtype == torch.long and x.shape == (256,) and int(n) == len(tokens)
+            assert [VOCAB[t] for t in x[:n].tolist()] == tokens
+            assert (x[n:] == 0).all() and (x[:n] > 0).all() and int(y) == listops_value(expr)
+    x, y, lengths = next(iter(dm.train_dataloader()))
+    assert x.shape == (3, 256) and y.shape == (3,) and lengths.shape == (3,)
+    assert len(VOCAB) == 16 and VOCAB[0] == "<pad>"
+
+
+def test_generated_files_load_in_the_release_locations(tmp_path):
+    splits = generate_listops(12, 3, 3, seed=2, min_length=5, max_length=50, show_progress=False)
+    write_listops(tmp_path / "lra_release" / "lra_release" / "listops-1000", splits)  # the archive's nesting
+    dm = listops_task(tmp_path)
+    assert [int(dm.val_set[i][1]) for i in range(3)] == [label for _, label in splits[1]]
+    custom = listops_task(tmp_path, root="lra_release/lra_release")
+    assert len(custom.train_set) == 12
+
+
+def test_malformed_files_name_the_file_and_line(tmp_path):
+    write_listops_fixture(tmp_path)
+    path = tmp_path / "lra_release" / "listops-1000" / "basic_val.tsv"
+    good = path.read_text()
+    lines = good.splitlines()
+    cases = [
+        ("\n".join(["Src\tTgt"] + lines[1:]), "first line is \\['Src', 'Tgt'\\]"),
+        ("\n".join(lines[:3] + [lines[3].split("\t")[0][:40]]), "line 4 has 1 fields"),
+        ("\n".join(lines[:2] + [lines[2].replace("[MIN", "[FIRST").replace("[MAX", "[FIRST")]), "line 3: unknown token"),
+        ("\n".join(lines[:2] + [lines[2].split("\t")[0] + "\t12"]), "line 3: Target '12' is not a digit"),
+        ("\n".join(lines[:2] + [lines[2].replace(" ] )", " )", 1) + ""]), "line 3: unbalanced expression"),
+    ]
+    for text, message in cases:
+        path.write_text(text)
+        with pytest.raises(TaskDataError, match=f"{path}: {message}"):
+            listops_task(tmp_path)
+
+
+def test_expressions_longer_than_seq_len_are_an_error_not_truncated(tmp_path):
+    write_listops_fixture(tmp_path)
+    with pytest.raises(TaskDataError, match="more than task.seq_len=4; raise task.seq_len"):
+        listops_task(tmp_path, seq_len=4)
+
+
+def test_missing_files_name_the_release_and_the_generator(tmp_path):
+    with pytest.raises(TaskDataError) as e:
+        listops_task(tmp_path)
+    message = str(e.value)
+    assert f"{tmp_path}/lra_release/listops-1000/basic_{{train,val,test}}.tsv" in message
+    assert f"{tmp_path}/lra_release/lra_release/listops-1000" in message
+    assert "lra_release.gz" in message and f"ssmbench data generate listops --data-dir {tmp_path}" in message

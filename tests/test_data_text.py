@@ -1,0 +1,98 @@
+"""Byte-level LRA Text (IMDB parquet) and Retrieval (AAN pairs TSV) on fixtures in their real formats."""
+
+import pytest
+import torch
+
+from ssmbench.data.base import TaskDataError
+from ssmbench.data.lra.retrieval import RetrievalDataModule
+from ssmbench.data.lra.text import TextDataModule
+from ssmbench.data.splits import split_indices
+from ssmbench.data.storage import cache_files
+from tests.task_fixtures import AAN_SIZES, IMDB_SIZES, write_aan, write_imdb
+
+
+def ready(dm):
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def text_task(data_dir, **kw):
+    args = dict(name="text", vocab_size=257, n_classes=2, seq_len=4096, data_dir=data_dir, download=False,
+                batch_size=4)
+    args.update(kw)
+    return ready(TextDataModule(**args))
+
+
+def retrieval_task(data_dir, **kw):
+    args = dict(name="retrieval", vocab_size=257, n_classes=2, seq_len=4000, paired=True, data_dir=data_dir,
+                batch_size=4)
+    args.update(kw)
+    return ready(RetrievalDataModule(**args))
+
+
+def expected_tokens(text: str, seq_len: int) -> tuple[list[int], int]:
+    data = text.encode("utf-8")[:seq_len]
+    return [b + 1 for b in data] + [0] * (seq_len - len(data)), len(data)
+
+
+def test_text_is_bytes_plus_one_truncated_to_seq_len_with_lengths(tmp_path):
+    written = write_imdb(tmp_path)
+    dm = text_task(tmp_path)
+    n_train = IMDB_SIZES["train"]
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (n_train - 3, 3, IMDB_SIZES["test"])
+    texts, labels = written["test"]
+    assert max(len(t.encode()) for t in texts) > 4096  # the fixture has reviews to truncate
+    for i, text in enumerate(texts):
+        x, y, n = dm.test_set[i]
+        tokens, length = expected_tokens(text, 4096)
+        assert x.dtype == torch.long and x.tolist() == tokens and int(n) == length and int(y) == labels[i]
+    train_texts, train_labels = written["train"]
+    _, val_idx = split_indices(n_train, (0.1,), 42)
+    x, y, n = dm.val_set[1]
+    assert x.tolist() == expected_tokens(train_texts[val_idx[1]], 4096)[0] and int(y) == train_labels[val_idx[1]]
+    x, y, lengths = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 4096) and lengths.shape == (4,) and int(x.max()) < 257
+
+
+def test_text_val_fraction_zero_validates_on_test_and_seq_len_keys_the_cache(tmp_path):
+    write_imdb(tmp_path)
+    dm = text_task(tmp_path, val_fraction=0)
+    assert len(dm.train_set) == IMDB_SIZES["train"] and dm.val_set is dm.test_set
+    short = text_task(tmp_path, seq_len=100)
+    assert short.test_set[0][0].shape == (100,) and int(short.test_set[0][2]) <= 100
+    assert len(cache_files(tmp_path, "imdb")) == 2
+    with pytest.raises(ValueError, match="vocab_size=257 and n_classes=2"):
+        text_task(tmp_path, vocab_size=256)
+
+
+def test_retrieval_pairs_two_byte_documents_per_example(tmp_path):
+    written = write_aan(tmp_path)
+    dm = retrieval_task(tmp_path)
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == tuple(AAN_SIZES.values())
+    for ds, name in ((dm.train_set, "new_aan_pairs.train.tsv"), (dm.val_set, "new_aan_pairs.eval.tsv")):
+        for i, (label, text1, text2) in enumerate(written[name]):
+            x, y, n = ds[i]
+            (t1, n1), (t2, n2) = expected_tokens(text1, 4000), expected_tokens(text2, 4000)
+            assert x.shape == (2, 4000) and x[0].tolist() == t1 and x[1].tolist() == t2
+            assert n.tolist() == [n1, n2] and int(y) == label
+    assert int(dm.train_set[0][2][0]) == 4000  # the long first document is cut to seq_len
+    x, y, lengths = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 2, 4000) and y.shape == (4,) and lengths.shape == (4, 2)
+
+
+def test_retrieval_malformed_and_missing_files(tmp_path):
+    with pytest.raises(TaskDataError) as e:
+        retrieval_task(tmp_path)
+    assert f"{tmp_path}/lra_release/tsv_data/new_aan_pairs.{{train,eval,test}}.tsv" in str(e.value)
+    assert "lra_release.gz" in str(e.value)
+
+    write_aan(tmp_path)
+    path = tmp_path / "lra_release" / "tsv_data" / "new_aan_pairs.test.tsv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2] + ["1.0\tA\tB\tonly one document"]) + "\n")
+    with pytest.raises(TaskDataError, match=f"{path}: line 3 has 4 tab-separated fields, expected 5"):
+        retrieval_task(tmp_path)
+    path.write_text("\n".join(lines[:1] + ["2\tA\tB\tx\ty"]) + "\n")
+    with pytest.raises(TaskDataError, match=f"{path}: line 2: label b'2' is not 0 or 1"):
+        retrieval_task(tmp_path)
