@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssmbench.core import cauchy as cauchy_module
-from ssmbench.core.cauchy import cauchy, cauchy_chunked, cauchy_naive, choose_backend, set_cauchy_backend
+from ssmbench.core.cauchy import backend_in_use, cauchy, cauchy_chunked, cauchy_naive, set_cauchy_backend
 
 C128 = torch.complex128
 
@@ -63,20 +63,17 @@ def test_chunked_gradcheck():
     assert torch.autograd.gradcheck(fn, (v.requires_grad_(), z.requires_grad_(), w.requires_grad_()))
 
 
-def test_backend_choice_and_single_log(caplog):
+def test_backend_setting_is_used_and_logged_once_each(caplog):
     v, z, w = sample(batch_v=(1,), batch_w=(1,), N=4, L=10)
-    set_cauchy_backend("auto", max_elements=40)
-    assert choose_backend(z, w) == "naive"
-    set_cauchy_backend("auto", max_elements=39)
-    assert choose_backend(z, w) == "chunked"
-    set_cauchy_backend("naive")
-    assert choose_backend(z, w) == "naive"
+    assert cauchy_module.cauchy_settings()["backend"] == "chunked"    # the default
     cauchy_module._logged.clear()
     with caplog.at_level(logging.INFO, logger="ssmbench.core.cauchy"):
-        set_cauchy_backend("chunked", max_elements=8)
-        for _ in range(3):
+        for backend in ("chunked", "naive", "chunked", "naive"):
+            set_cauchy_backend(backend, max_elements=8)
+            assert backend_in_use() == backend
             torch.testing.assert_close(cauchy(v, z, w), cauchy_naive(v, z, w), rtol=0, atol=1e-13)
-    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["Cauchy kernel backend: chunked"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "Cauchy kernel backend: chunked (max_elements 8)", "Cauchy kernel backend: naive (max_elements 8)"]
 
 
 def test_bad_arguments():

@@ -8,9 +8,10 @@ Leading dimensions broadcast; complex in, complex out. Two backends compute the 
              more than about `max_elements` complex numbers (c = max_elements / (batch * N), at least
              1); a custom backward recomputes each chunk's Cauchy matrix instead of storing it.
 
-`cauchy()` picks the backend by the module setting (`set_cauchy_backend`): "naive", "chunked", or
-"auto" (the default): naive while its Cauchy matrix holds at most `max_elements` complex numbers,
-chunked above. Each backend is logged once per process, the first time it is chosen.
+`cauchy()` uses the backend of the module setting (`set_cauchy_backend`), "chunked" by default: its
+hand-written backward is also faster than autograd through the naive broadcast (which materializes
+the Cauchy matrix's gradient for every numerator), at every size measured (benchmarks/s4_kernel.py).
+The backend in use is logged once per process, at its first call.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ import torch
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "naive", "chunked")
-_settings = {"backend": "auto", "max_elements": 2**24}
+BACKENDS = ("chunked", "naive")
+_settings = {"backend": "chunked", "max_elements": 2**22}
 _logged: set[str] = set()
 
 
-def set_cauchy_backend(backend: str = "auto", max_elements: int | None = None) -> None:
-    """Choose the backend of `cauchy()` ("auto" | "naive" | "chunked") and the element budget of a chunk."""
+def set_cauchy_backend(backend: str = "chunked", max_elements: int | None = None) -> None:
+    """Choose the backend of `cauchy()` ("chunked" | "naive") and the element budget of a chunk."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown Cauchy backend {backend!r}: use one of {list(BACKENDS)}")
     if max_elements is not None and max_elements < 1:
@@ -49,12 +50,10 @@ def cauchy_naive(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Ten
     return torch.einsum("...ln,...n->...l", r, v)
 
 
-def _batch_numel(z: torch.Tensor, w: torch.Tensor) -> int:
-    return math.prod(torch.broadcast_shapes(z.shape[:-1], w.shape[:-1]))
-
-
 def _chunk_size(z: torch.Tensor, w: torch.Tensor, max_elements: int) -> int:
-    return max(1, max_elements // max(1, _batch_numel(z, w) * w.shape[-1]))
+    """Nodes per chunk: max_elements / (entries of one node's column of the Cauchy matrix), at least 1."""
+    column = math.prod(torch.broadcast_shapes(z.shape[:-1], w.shape[:-1])) * w.shape[-1]
+    return max(1, max_elements // column)
 
 
 class _ChunkedCauchy(torch.autograd.Function):
@@ -119,18 +118,12 @@ def cauchy_chunked(
     return _ChunkedCauchy.apply(v, z, w, _chunk_size(z, w, budget))
 
 
-def choose_backend(z: torch.Tensor, w: torch.Tensor) -> str:
-    """The backend `cauchy()` uses for nodes z (..., L) and poles w (..., N) under the current setting."""
+def backend_in_use() -> str:
+    """The backend `cauchy()` uses (the module setting), logged the first time each is used."""
     backend = _settings["backend"]
-    if backend == "auto":
-        naive_elements = _batch_numel(z, w) * z.shape[-1] * w.shape[-1]
-        backend = "naive" if naive_elements <= _settings["max_elements"] else "chunked"
     if backend not in _logged:
         _logged.add(backend)
-        log.info(
-            "Cauchy kernel backend: %s (setting %s, max_elements %d)",
-            backend, _settings["backend"], _settings["max_elements"],
-        )
+        log.info("Cauchy kernel backend: %s (max_elements %d)", backend, _settings["max_elements"])
     return backend
 
 
@@ -138,6 +131,6 @@ def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """sum_i v_i / (z_j - w_i) with the configured backend: v (..., N), z (..., L), w (..., N) -> (..., L)."""
     if v.shape[-1] != w.shape[-1]:
         raise ValueError(f"cauchy: v and w need the same last (state) size, got {v.shape[-1]} and {w.shape[-1]}")
-    if choose_backend(z, w) == "naive":
+    if backend_in_use() == "naive":
         return cauchy_naive(v, z, w)
     return cauchy_chunked(v, z, w)
