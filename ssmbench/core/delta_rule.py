@@ -1,0 +1,149 @@
+"""The delta rule (Yang et al. 2024, "Parallelizing Linear Transformers with the Delta Rule over
+Sequence Length"), as a sequential loop and in chunkwise-parallel WY/UT form.
+
+Shapes: q, k (B, H, L, Dk), v (B, H, L, Dv), beta (B, H, L), state S (B, H, Dk, Dv).
+The rule (no scaling inside; the caller scales q):
+
+    S_t = S_{t-1} + k_t (beta_t (v_t - S_{t-1}^T k_t))^T  =  (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T
+    o_t = S_t^T q_t
+
+(the paper's S_t = S_{t-1}(I - beta_t k_t k_t^T) + beta_t v_t k_t^T, o_t = S_t q_t, transposed).
+Computation is in float32 for float32 / bfloat16 / float16 inputs and in float64 for float64;
+outputs come back in the input dtype (that of q), final states in the computation dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+           initial_state: torch.Tensor | None) -> None:
+    if q.dim() != 4 or k.shape != q.shape:
+        raise ValueError(f"delta rule: q and k must both be (B, H, L, Dk), got {tuple(q.shape)} and {tuple(k.shape)}")
+    B, H, L, Dk = q.shape
+    if v.dim() != 4 or v.shape[:3] != (B, H, L):
+        raise ValueError(f"delta rule: v must be (B, H, L, Dv) = ({B}, {H}, {L}, Dv), got {tuple(v.shape)}")
+    if beta.shape != (B, H, L):
+        raise ValueError(f"delta rule: beta must be (B, H, L) = ({B}, {H}, {L}), got {tuple(beta.shape)}")
+    if L < 1:
+        raise ValueError("delta rule: the sequence length L must be at least 1")
+    if initial_state is not None and initial_state.shape != (B, H, Dk, v.shape[-1]):
+        raise ValueError(
+            f"delta rule: initial_state must be (B, H, Dk, Dv) = ({B}, {H}, {Dk}, {v.shape[-1]}), "
+            f"got {tuple(initial_state.shape)}"
+        )
+
+
+def _initial(initial_state: torch.Tensor | None, q: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    B, H, _, Dk = q.shape
+    if initial_state is None:
+        return q.new_zeros(B, H, Dk, v.shape[-1], dtype=dtype)
+    return initial_state.to(dtype)
+
+
+def delta_rule_recurrent(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference loop over t = 1..L:
+
+        S_t = S_{t-1} + k_t (beta_t (v_t - S_{t-1}^T k_t))^T,    o_t = S_t^T q_t,    S_0 = initial_state or 0.
+
+    q, k (B, H, L, Dk), v (B, H, L, Dv), beta (B, H, L), initial_state (B, H, Dk, Dv)
+    -> o (B, H, L, Dv) in the input dtype, final state S_L (B, H, Dk, Dv) in float32 (float64 for float64 input).
+    """
+    _check(q, k, v, beta, initial_state)
+    dtype, out_dtype = _compute_dtype(q.dtype), q.dtype
+    S = _initial(initial_state, q, v, dtype)
+    q, k, v, beta = (t.to(dtype) for t in (q, k, v, beta))
+    outputs = []
+    for q_t, k_t, v_t, beta_t in zip(q.unbind(2), k.unbind(2), v.unbind(2), beta.unbind(2)):
+        u_t = beta_t[..., None] * (v_t - torch.einsum("bhkv,bhk->bhv", S, k_t))
+        S = S + k_t[..., :, None] * u_t[..., None, :]
+        outputs.append(torch.einsum("bhkv,bhk->bhv", S, q_t))
+    return torch.stack(outputs, dim=2).to(out_dtype), S
+
+
+def _unit_lower_solve(K: torch.Tensor, beta: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """X = (I + tril(diag(beta) K K^T, -1))^{-1} rhs by a triangular solve.
+
+    K (..., C, Dk), beta (..., C), rhs (..., C, N) -> (..., C, N).
+    """
+    A = torch.tril(beta[..., :, None] * (K @ K.transpose(-1, -2)), diagonal=-1)
+    return torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
+
+
+def delta_rule_inverse(K: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
+    """The matrix (I + tril(diag(beta) K K^T, -1))^{-1}, the core of the WY/UT representation.
+
+    K (..., C, Dk), beta (..., C) (default: all ones) -> (..., C, C), unit lower triangular.
+    For ||k_i|| <= 1 and beta = 1 every entry lies in [-1, 1]: entry (i, j), i > j, equals
+    -k_i^T (I - k_{i-1} k_{i-1}^T) ... (I - k_{j+1} k_{j+1}^T) k_j, a product of contractions.
+    """
+    if K.dim() < 2:
+        raise ValueError(f"delta_rule_inverse: K must be (..., C, Dk), got {tuple(K.shape)}")
+    if beta is None:
+        beta = K.new_ones(K.shape[:-1])
+    if beta.shape != K.shape[:-1]:
+        raise ValueError(f"delta_rule_inverse: beta must be (..., C) = {tuple(K.shape[:-1])}, got {tuple(beta.shape)}")
+    eye = torch.eye(K.shape[-2], dtype=K.dtype, device=K.device).expand(*K.shape[:-1], K.shape[-2])
+    return _unit_lower_solve(K, beta, eye)
+
+
+def delta_rule_chunkwise(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    chunk_size: int = 64,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same map as `delta_rule_recurrent`, chunk by chunk (chunk length C = chunk_size).
+
+    Within every chunk (all chunks at once, one batched triangular solve), the WY/UT form
+        T = (I + tril(diag(beta) K K^T, -1))^{-1} diag(beta),    W = T K,    U = T V
+    writes the chunk's C updates as S_end = S_start + K^T (U - W S_start). With U' = U - W S_start,
+    the chunk's outputs are O = Q S_start + tril(Q K^T) U' (diagonal included). Everything that does
+    not involve S is computed for all chunks at once, so the pass over the chunks is one product each:
+        S_end = (I - K^T W) S_start + K^T U,    O = (Q - tril(Q K^T) W) S_start + tril(Q K^T) U.
+    L is padded to a multiple of C with beta = 0, k = 0 (steps that leave S unchanged).
+
+    q, k (B, H, L, Dk), v (B, H, L, Dv), beta (B, H, L), initial_state (B, H, Dk, Dv)
+    -> o (B, H, L, Dv) in the input dtype, final state (B, H, Dk, Dv) in float32 (float64 for float64 input).
+    """
+    _check(q, k, v, beta, initial_state)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"delta_rule_chunkwise: chunk_size must be a positive integer, got {chunk_size!r}")
+    dtype, out_dtype = _compute_dtype(q.dtype), q.dtype
+    S = _initial(initial_state, q, v, dtype)
+    B, H, L, Dk = q.shape
+    Dv = v.shape[-1]
+    C = chunk_size
+    N = -(-L // C)
+    pad = N * C - L
+    q, k, v, beta = (t.to(dtype) for t in (q, k, v, beta))
+    if pad:
+        q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        beta = torch.nn.functional.pad(beta, (0, pad))
+    Q, K, V = q.view(B, H, N, C, Dk), k.view(B, H, N, C, Dk), v.view(B, H, N, C, Dv)
+    b = beta.view(B, H, N, C)
+    WU = _unit_lower_solve(K, b, b[..., None] * torch.cat([K, V], dim=-1))
+    QK = torch.tril(Q @ K.transpose(-1, -2))
+    KtWU, QKWU = K.transpose(-1, -2) @ WU, QK @ WU
+    decay, write = torch.eye(Dk, dtype=dtype, device=q.device) - KtWU[..., :Dk], KtWU[..., Dk:]
+    starts = []
+    for decay_n, write_n in zip(decay.unbind(2), write.unbind(2)):
+        starts.append(S)
+        S = torch.baddbmm(write_n.flatten(0, 1), decay_n.flatten(0, 1), S.flatten(0, 1)).view(B, H, Dk, Dv)
+    S_start = torch.stack(starts, dim=2)
+    O = (Q - QKWU[..., :Dk]) @ S_start + QKWU[..., Dk:]
+    o = O.view(B, H, N * C, Dv)[:, :, :L]
+    return o.to(out_dtype), S
