@@ -7,8 +7,11 @@ or phase), time-varying a: (B, L, D). Times (median of --repeat runs, after one 
 forward + backward of Re<w, h> for
     loop      linear_scan_reference (the plain loop, autograd through every step)
     assoc     a Hillis-Steele associative scan (log2 L doubling steps, autograd through them),
-              written here only as a point of comparison for the algorithm choice
+              written here only as a point of comparison for the algorithm choice (on a CPU
+              only up to L = 4096: its fresh full-size tensor per doubling step makes it minutes slow)
     scan      linear_scan (chunked scan, custom backward = adjoint scan)
+"3 outputs ms" is what allocating and first touching three (B, L, D) tensors costs (h, dL/da,
+dL/db: a floor that every method pays; on a VM with slow page faults it dominates the scan);
 and the error of h (and of dL/da) against the float64 loop on the same inputs: max over channels of
 max_t |h32 - h64| / max_t |h64|. `--chunks` also times linear_scan with other chunk lengths
 (an integer, or sqrt for C ~ sqrt(L), the CPU default), to tune the per-device default.
@@ -26,6 +29,9 @@ import torch
 
 from ssmbench.core import scan
 from ssmbench.core.scan import linear_scan, linear_scan_reference
+
+
+ASSOC_CPU_MAX_LEN = 4096
 
 
 def associative_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -85,6 +91,22 @@ def timed(fn, a, b, w, repeat: int) -> float:
     return statistics.median(once() for _ in range(repeat))
 
 
+def output_floor(a: torch.Tensor, repeat: int) -> float:
+    """Seconds to allocate and first touch three tensors like `a` (the outputs h, dL/da, dL/db)."""
+    def once():
+        if a.is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        outputs = [torch.empty_like(a).zero_() for _ in range(3)]
+        if a.is_cuda:
+            torch.cuda.synchronize()
+        del outputs
+        return time.perf_counter() - start
+
+    once()
+    return statistics.median(once() for _ in range(repeat))
+
+
 def channel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x.to(ref.dtype) - ref).abs().amax(dim=1) / ref.abs().amax(dim=1)).max().item()
 
@@ -107,7 +129,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"linear_scan forward+backward, B=8, D=256, time-varying a, |a| in [0.9, 0.9999]; {name}; torch {torch.__version__}")
     header = f"{'dtype':>9} {'L':>6} {'loop ms':>9} {'assoc ms':>9} {'scan ms':>9} {'loop/scan':>9} {'assoc/scan':>10}" \
-             f" {'err h scan':>10} {'err h loop':>10} {'err da scan':>11}" + "".join(f" {'C=' + c + ' ms':>10}" for c in chunks)
+             f" {'3 outputs ms':>12} {'err h scan':>10} {'err h loop':>10} {'err da scan':>11}" + "".join(f" {'C=' + c + ' ms':>10}" for c in chunks)
     print(header)
     print("-" * len(header))
     for dtype in (torch.float32, torch.complex64):
@@ -115,7 +137,9 @@ def main() -> None:
         for length in lengths:
             a, b, w = inputs(length, dtype, args.device)
             times = {name: timed(fn, a, b, w, repeat) for name, fn in
-                     (("loop", linear_scan_reference), ("assoc", associative_scan), ("scan", linear_scan))}
+                     (("loop", linear_scan_reference), ("assoc", associative_scan), ("scan", linear_scan))
+                     if name != "assoc" or args.device == "cuda" or length <= ASSOC_CPU_MAX_LEN}
+            times.setdefault("assoc", math.nan)
             for c in chunks:
                 with chunk_length(c):
                     times[c] = timed(linear_scan, a, b, w, repeat)
@@ -125,7 +149,7 @@ def main() -> None:
                 h_loop = linear_scan_reference(a, b)
             print(f"{str(dtype).removeprefix('torch.'):>9} {length:>6} {1e3 * times['loop']:>9.1f} "
                   f"{1e3 * times['assoc']:>9.1f} {1e3 * times['scan']:>9.1f} {times['loop'] / times['scan']:>9.1f} "
-                  f"{times['assoc'] / times['scan']:>10.1f} {channel_err(h, h_ref):>10.1e} "
+                  f"{times['assoc'] / times['scan']:>10.1f} {1e3 * output_floor(a, repeat):>12.1f} {channel_err(h, h_ref):>10.1e} "
                   f"{channel_err(h_loop, h_ref):>10.1e} {channel_err(da, da_ref):>11.1e}"
                   + "".join(f" {1e3 * times[c]:>10.1f}" for c in chunks))
 

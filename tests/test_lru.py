@@ -87,7 +87,7 @@ def test_step_equals_parallel_forward(glu):
 def test_float32_step_equals_parallel_forward():
     torch.manual_seed(4)
     mixer = LRUMixer(d_model=16, d_state=32, r_min=0.9, r_max=0.999).eval()
-    u = torch.randn(2, 300, 16)
+    u = torch.randn(2, 120, 16)
     state = mixer.initial_state(2)
     ys = []
     with torch.no_grad():
@@ -120,6 +120,15 @@ def test_bad_options_are_clear_errors():
         LRU(8, 16, r_min=0.99, r_max=0.9)
     with pytest.raises(ValueError, match="max_phase"):
         LRU(8, 16, max_phase=7.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    torch.manual_seed(6)
+    mixer = LRUMixer(d_model=16, d_state=32, r_min=0.9, r_max=0.999).eval()
+    u = torch.randn(2, 1000, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(mixer.cuda()(u.cuda()).cpu(), mixer.cpu()(u), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
