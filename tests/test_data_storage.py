@@ -95,5 +95,9 @@ def test_pixel_sequences_normalize_and_permute():
     x, y = ds[0]
     assert x.dtype == torch.float32 and x.shape == (3, 1) and int(y) == 3
     assert torch.allclose(x[:, 0], torch.tensor([(0.2 - 0.2) / 0.5, (0 - 0.2) / 0.5, (1 - 0.2) / 0.5]))
+    two = torch.stack([pixels[0], 255 - pixels[0]])
+    second = PixelSequences(two, torch.tensor([3, 4]), mean=[0.0], std=[1.0], index=torch.tensor([1]))
+    assert len(second) == 1 and int(second[0][1]) == 4 and second.labels.tolist() == [4]
+    assert torch.allclose(second[0][0][:, 0], torch.tensor([1.0, 0.0, 204 / 255]))
     with pytest.raises(ValueError, match="one value per channel"):
         PixelSequences(pixels, torch.tensor([3]), mean=[0.1, 0.2], std=[1.0, 1.0])

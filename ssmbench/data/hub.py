@@ -9,6 +9,7 @@ repository's parquet files (`huggingface-cli download <id> --repo-type dataset -
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def download(dataset: HubDataset, data_dir: Path, task: str, **load_kwargs) -> N
     out.mkdir(parents=True, exist_ok=True)
     for split in dataset.splits:
         target = out / f"{split}.parquet"
-        tmp = target.with_name(target.name + ".tmp")
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         loaded[split].to_parquet(str(tmp))
         tmp.replace(target)
 

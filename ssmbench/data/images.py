@@ -149,12 +149,10 @@ class ImageSequenceDataModule(SequenceDataModule):
         perm = make_permutation(self.permutation, self.seq_len, self.permutation_seed)
         train, val = split_indices(len(t["train_labels"]), (self.val_fraction,), self.split_seed)
 
-        def sequences(pixels: torch.Tensor, labels: torch.Tensor) -> PixelSequences:
-            return PixelSequences(pixels, labels, self.mean, self.std, perm)
+        def sequences(split: str, index: torch.Tensor | None = None) -> PixelSequences:
+            return PixelSequences(t[f"{split}_pixels"], t[f"{split}_labels"], self.mean, self.std, perm, index)
 
-        return (sequences(t["train_pixels"][train], t["train_labels"][train]),
-                sequences(t["train_pixels"][val], t["train_labels"][val]),
-                sequences(t["test_pixels"], t["test_labels"]))
+        return sequences("train", train), sequences("train", val), sequences("test")
 
     def data_status(self) -> DataStatus:
         return hub_status(self.source.hub, self.root, self.name)

@@ -4,7 +4,7 @@ The caches hold uint8 pixels and flat token streams (small on disk and in memory
 normalize, permute and pad per example, so e.g. a new permutation or normalization never needs
 a new cache.
 
-    PixelSequences  pixels (N, L, C) uint8 -> x: (L, C) float32 = (pixels[perm] / 255 - mean) / std, y
+    PixelSequences  pixels (N, L, C) uint8 -> x: (L, C) float32 = (pixels[index[i]][perm] / 255 - mean) / std, y
     TokenSequences  K documents per example, each a slice of a flat token stream
                     -> x: (L,) int64 (K = 1) or (K, L) (K > 1), zero-padded; y; lengths () or (K,)
 """
@@ -19,13 +19,16 @@ from torch.utils.data import Dataset
 
 class PixelSequences(Dataset):
     def __init__(self, pixels: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                 permutation: torch.Tensor | None = None):
+                 permutation: torch.Tensor | None = None, index: torch.Tensor | None = None):
         """pixels: (N, L, C) uint8; labels: (N,) int64; mean, std: C values on the [0, 1] scale;
-        permutation: (L,) index order of the pixels, or None for raster order."""
+        permutation: (L,) index order of the pixels, or None for raster order; index: (M,) the images of
+        this split (None: all), so splits share one pixel tensor instead of copying it."""
         if pixels.dtype != torch.uint8 or pixels.dim() != 3:
             raise ValueError(f"pixels must be (N, L, C) uint8, got {tuple(pixels.shape)} {pixels.dtype}")
         if len(labels) != len(pixels):
             raise ValueError(f"{len(pixels)} images but {len(labels)} labels")
+        self.index = torch.arange(len(labels)) if index is None else index
+        labels = labels[self.index]
         C = pixels.shape[2]
         if len(mean) != C or len(std) != C:
             raise ValueError(f"mean and std need one value per channel ({C}), got mean={list(mean)} std={list(std)}")
@@ -39,7 +42,7 @@ class PixelSequences(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.pixels[i]
+        x = self.pixels[self.index[i]]
         if self.permutation is not None:
             x = x[self.permutation]
         return (x.float() / 255.0 - self.mean) / self.std, self.labels[i]

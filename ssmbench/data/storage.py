@@ -96,11 +96,12 @@ class TensorCache:
         return self.path.is_file()
 
     def load(self) -> dict[str, torch.Tensor] | None:
-        """The cached tensors, or None if there is no usable cache file (missing, unreadable, other key)."""
+        """The cached tensors (memory-mapped from the file, so a large cache opens at once), or None if
+        there is no usable cache file (missing, unreadable, written for another key)."""
         if not self.path.is_file():
             return None
         try:
-            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+            saved = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # a truncated or foreign file: rebuild it
             log.warning("cache %s is unreadable (%s: %s); rebuilding it", self.path, type(e).__name__, e)
             return None

@@ -129,7 +129,7 @@ class PathfinderDataModule(SequenceDataModule):
         release, difficulty_dir = self._difficulty_dir()
         t = self._cache(difficulty_dir).get(lambda: self._decode(release, difficulty_dir))
         parts = split_indices(len(t["labels"]), self.fractions, self.split_seed)
-        return tuple(PixelSequences(t["pixels"][i], t["labels"][i], self.mean, self.std) for i in parts)
+        return tuple(PixelSequences(t["pixels"], t["labels"], self.mean, self.std, index=i) for i in parts)
 
     def data_status(self) -> DataStatus:
         found = find_root(self.root, self.root_option, [f"{self.subdir}/metadata"])
