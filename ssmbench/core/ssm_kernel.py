@@ -38,6 +38,7 @@ def kernel_reference(Ab: torch.Tensor, Bb: torch.Tensor, Cb: torch.Tensor, L: in
 
 
 def _power(Ab: torch.Tensor, L: int) -> torch.Tensor:
+    """Ab^L by repeated squaring: (..., N, N) -> (..., N, N)."""
     return torch.linalg.matrix_power(Ab, L)
 
 

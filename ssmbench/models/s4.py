@@ -12,8 +12,10 @@ N/2 eigenvalues of one conjugate half; the other half is their complex conjugate
 Initializations (`init`): legs, legt, fout (HiPPO through `core.hippo.dplr`; for mode "diag" the
 low-rank term is dropped: S4D-LegS, ...), lin (Lambda_n = -1/2 + i pi n) and inv
 (Lambda_n = -1/2 + i N/pi (N/(2n+1) - 1)), the last two with B = 1 and for mode "diag" only.
-Re(Lambda) = -exp(log_neg_real) < 0 keeps every system stable (HiPPO inits with Re(Lambda) = 0
-start at -1e-4). dt = exp(log_dt), log-uniform in [dt_min, dt_max] per channel.
+Re(Lambda) = -exp(log_neg_real) < 0 keeps every system stable (legt and fout, whose normal parts
+have Re(Lambda) = 0, start at -1e-4). dt = exp(log_dt), log-uniform in [dt_min, dt_max] per channel.
+Mode "dplr" computes the kernel at its length l_max (C~ depends on it): shorter inputs use its first
+L entries, longer inputs are an error.
 
 Complex parameters (B, P, C) are stored as real (..., 2) pairs (`torch.view_as_real` layout) and
 viewed as complex tensors for every computation: `Module.to(dtype)` (and Lightning's "16-true" /
@@ -30,7 +32,7 @@ the layer is then not causal and has no `step()`.
 
 Recurrent inference (causal layer): `initial_state` / `step` run x_k = Ab x_{k-1} + Bb u_k,
 y_k = C x_k + D u_k with the same outputs as the convolution. For "dplr" the step uses the full
-2N/2 = N state and the Woodbury form of `core.discretize.bilinear_dplr` (O(N) per step); C is
+N-dimensional state (both conjugate halves, since P P^* couples them) and the Woodbury form of `core.discretize.bilinear_dplr` (O(N) per step); C is
 recovered from C~ once (a dense solve, cached until the parameters change).
 """
 
