@@ -10,6 +10,8 @@ wired from by interpolation (`${task.n_classes}`):
                            "token":    y: (B, L), IGNORE_INDEX where a position has no label
     causal                 the task requires y_t to depend only on x_{<=t}
     paired                 x: (B, 2, L[, d_input]): two documents classified together
+    max_epochs             (optional) the task's usual training length; conf/trainer/default.yaml
+                           reads it, `trainer.max_epochs=` overrides it
 
 A batch is (x, y) or (x, y, lengths) with lengths: (B,) (or (B, 2) for paired inputs).
 Subclasses implement `load_splits()`, returning the train, validation and test datasets; tasks that
@@ -85,6 +87,7 @@ class SequenceDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 0,
         data_dir: str | Path = "./data",
+        max_epochs: int | None = None,
     ):
         super().__init__()
         if target not in TARGETS:
@@ -94,6 +97,7 @@ class SequenceDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"task {name}: batch_size={batch_size} must be at least 1")
         self.name = name
+        self.max_epochs = max_epochs
         self.n_classes = int(n_classes)
         self.seq_len = int(seq_len)
         self.target = target
