@@ -110,10 +110,11 @@ def delta_rule_chunkwise(
 
     Within every chunk (all chunks at once, one batched triangular solve), the WY/UT form
         T = (I + tril(diag(beta) K K^T, -1))^{-1} diag(beta),    W = T K,    U = T V
-    writes the chunk's C updates as S_end = S_start + K^T (U - W S_start). With U' = U - W S_start,
-    the chunk's outputs are O = Q S_start + tril(Q K^T) U' (diagonal included). Everything that does
-    not involve S is computed for all chunks at once, so the pass over the chunks is one product each:
-        S_end = (I - K^T W) S_start + K^T U,    O = (Q - tril(Q K^T) W) S_start + tril(Q K^T) U.
+    writes the chunk's C updates as S_end = S_start + K^T (U - W S_start). One pass over the chunks
+    carries S:
+        U' = U - W S,    S <- S + K^T U',
+    and the outputs of all chunks then come from their start states at once:
+        O = Q S_start + tril(Q K^T) U'    (diagonal included).
     L is padded to a multiple of C with beta = 0, k = 0 (steps that leave S unchanged).
 
     q, k (B, H, L, Dk), v (B, H, L, Dv), beta (B, H, L), initial_state (B, H, Dk, Dv)
@@ -136,14 +137,12 @@ def delta_rule_chunkwise(
     Q, K, V = q.view(B, H, N, C, Dk), k.view(B, H, N, C, Dk), v.view(B, H, N, C, Dv)
     b = beta.view(B, H, N, C)
     WU = _unit_lower_solve(K, b, b[..., None] * torch.cat([K, V], dim=-1))
-    QK = torch.tril(Q @ K.transpose(-1, -2))
-    KtWU, QKWU = K.transpose(-1, -2) @ WU, QK @ WU
-    decay, write = torch.eye(Dk, dtype=dtype, device=q.device) - KtWU[..., :Dk], KtWU[..., Dk:]
-    starts = []
-    for decay_n, write_n in zip(decay.unbind(2), write.unbind(2)):
+    W, U = WU[..., :Dk], WU[..., Dk:]
+    starts, corrected = [], []
+    for K_n, W_n, U_n in zip(K.unbind(2), W.unbind(2), U.unbind(2)):
         starts.append(S)
-        S = torch.baddbmm(write_n.flatten(0, 1), decay_n.flatten(0, 1), S.flatten(0, 1)).view(B, H, Dk, Dv)
-    S_start = torch.stack(starts, dim=2)
-    O = (Q - QKWU[..., :Dk]) @ S_start + QKWU[..., Dk:]
-    o = O.view(B, H, N * C, Dv)[:, :, :L]
+        corrected.append(U_n - W_n @ S)
+        S = S + K_n.transpose(-1, -2) @ corrected[-1]
+    O = Q @ torch.stack(starts, dim=2) + torch.tril(Q @ K.transpose(-1, -2)) @ torch.stack(corrected, dim=2)
+    o = O.reshape(B, H, N * C, Dv)[:, :, :L]
     return o.to(out_dtype), S
