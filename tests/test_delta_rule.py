@@ -56,7 +56,8 @@ def test_recurrent_is_the_rule_as_written_in_the_paper():
             St = S0[b, h].T
             for t in range(7):
                 kt, bt = k[b, h, t], beta[b, h, t]
-                St = St @ (torch.eye(DK, dtype=torch.float64) - bt * torch.outer(kt, kt)) + bt * torch.outer(v[b, h, t], kt)
+                decay = torch.eye(DK, dtype=torch.float64) - bt * torch.outer(kt, kt)
+                St = St @ decay + bt * torch.outer(v[b, h, t], kt)
                 torch.testing.assert_close(o[b, h, t], St @ q[b, h, t], rtol=1e-12, atol=1e-12)
             torch.testing.assert_close(S[b, h], St.T, rtol=1e-12, atol=1e-12)
 
@@ -108,7 +109,7 @@ def test_inverse_is_the_inverse_of_the_unit_lower_triangular_matrix():
 
 
 def test_inverse_entries_are_products_of_householder_like_factors():
-    """Entry (i, j), i > j, equals -beta_i k_i^T (I - beta_{i-1} k_{i-1} k_{i-1}^T) ... (I - beta_{j+1} k_{j+1} k_{j+1}^T) k_j."""
+    """Entry (i, j), i > j, equals -beta_i k_i^T P k_j, P = prod_{m=i-1..j+1} (I - beta_m k_m k_m^T)."""
     g = torch.Generator().manual_seed(1)
     K = torch.randn(9, 4, generator=g, dtype=torch.float64)
     beta = torch.rand(9, generator=g, dtype=torch.float64)

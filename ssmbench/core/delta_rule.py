@@ -72,21 +72,14 @@ def delta_rule_recurrent(
     return torch.stack(outputs, dim=2).to(out_dtype), S
 
 
-def _unit_lower_solve(K: torch.Tensor, beta: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """X = (I + tril(diag(beta) K K^T, -1))^{-1} rhs by a triangular solve.
-
-    K (..., C, Dk), beta (..., C), rhs (..., C, N) -> (..., C, N).
-    """
-    A = torch.tril(beta[..., :, None] * (K @ K.transpose(-1, -2)), diagonal=-1)
-    return torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
-
-
 def delta_rule_inverse(K: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
-    """The matrix (I + tril(diag(beta) K K^T, -1))^{-1}, the core of the WY/UT representation.
+    """The matrix (I + tril(diag(beta) K K^T, -1))^{-1}, the core of the WY/UT representation, by a
+    triangular solve against I (the solver reads only the strictly lower part; the diagonal is 1).
 
     K (..., C, Dk), beta (..., C) (default: all ones) -> (..., C, C), unit lower triangular.
-    For ||k_i|| <= 1 and beta = 1 every entry lies in [-1, 1]: entry (i, j), i > j, equals
-    -k_i^T (I - k_{i-1} k_{i-1}^T) ... (I - k_{j+1} k_{j+1}^T) k_j, a product of contractions.
+    Entry (i, j), i > j, equals -beta_i k_i^T (I - beta_{i-1} k_{i-1} k_{i-1}^T) ... (I - beta_{j+1}
+    k_{j+1} k_{j+1}^T) k_j; for ||k_i|| <= 1 and beta = 1 the factors are contractions, so every
+    entry lies in [-1, 1].
     """
     if K.dim() < 2:
         raise ValueError(f"delta_rule_inverse: K must be (..., C, Dk), got {tuple(K.shape)}")
@@ -94,8 +87,9 @@ def delta_rule_inverse(K: torch.Tensor, beta: torch.Tensor | None = None) -> tor
         beta = K.new_ones(K.shape[:-1])
     if beta.shape != K.shape[:-1]:
         raise ValueError(f"delta_rule_inverse: beta must be (..., C) = {tuple(K.shape[:-1])}, got {tuple(beta.shape)}")
-    eye = torch.eye(K.shape[-2], dtype=K.dtype, device=K.device).expand(*K.shape[:-1], K.shape[-2])
-    return _unit_lower_solve(K, beta, eye)
+    A = torch.tril(beta[..., :, None] * (K @ K.transpose(-1, -2)), diagonal=-1)
+    eye = torch.eye(K.shape[-2], dtype=K.dtype, device=K.device).expand_as(A)
+    return torch.linalg.solve_triangular(A, eye, upper=False, unitriangular=True)
 
 
 def delta_rule_chunkwise(
@@ -108,7 +102,8 @@ def delta_rule_chunkwise(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same map as `delta_rule_recurrent`, chunk by chunk (chunk length C = chunk_size).
 
-    Within every chunk (all chunks at once, one batched triangular solve), the WY/UT form
+    Within every chunk (all chunks at once; one batched triangular solve, `delta_rule_inverse`) the
+    WY/UT form
         T = (I + tril(diag(beta) K K^T, -1))^{-1} diag(beta),    W = T K,    U = T V
     writes the chunk's C updates as S_end = S_start + K^T (U - W S_start). One pass over the chunks
     carries S:
@@ -136,8 +131,8 @@ def delta_rule_chunkwise(
         beta = torch.nn.functional.pad(beta, (0, pad))
     Q, K, V = q.view(B, H, N, C, Dk), k.view(B, H, N, C, Dk), v.view(B, H, N, C, Dv)
     b = beta.view(B, H, N, C)
-    WU = _unit_lower_solve(K, b, b[..., None] * torch.cat([K, V], dim=-1))
-    W, U = WU[..., :Dk], WU[..., Dk:]
+    T = delta_rule_inverse(K, b) * b[..., None, :]
+    W, U = T @ K, T @ V
     starts, corrected = [], []
     for K_n, W_n, U_n in zip(K.unbind(2), W.unbind(2), U.unbind(2)):
         starts.append(S)
