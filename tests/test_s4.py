@@ -1,9 +1,12 @@
 """The S4 / S4D layer: convolution equals recurrence, stability, causality, optimizer hints, configs, CLI."""
 
+import math
+
 import pytest
 import torch
 from hydra.utils import instantiate
 
+from ssmbench.core.hippo import dplr
 from ssmbench.models.s4 import S4Mixer
 from ssmbench.optim import param_groups
 from tests.compose import composed
@@ -94,6 +97,23 @@ def test_ssm_parameters_get_their_own_lr_and_no_weight_decay():
     assert groups[(1e-3, 0.0)] == {"log_neg_real", "imag", "B_ri", "P_ri", "log_dt"}
     assert groups[(0.01, 0.1)] == {"C_ri", "D", "output.weight"}
     assert groups[(0.01, 0.0)] == {"output.bias"}
+
+
+def test_diagonal_inits_equal_the_s4d_closed_forms():
+    """S4D-Lin: Lambda_n = -1/2 + i pi n; S4D-Inv: Lambda_n = -1/2 + i N/pi (N/(2n+1) - 1); both B_n = 1
+    (n < N/2); S4D-LegS: the diagonal part of DPLR-LegS with B = V^* B. Every channel starts there."""
+    N, H = 16, 3
+    closed = {
+        "lin": [complex(-0.5, math.pi * n) for n in range(N // 2)],
+        "inv": [complex(-0.5, N / math.pi * (N / (2 * n + 1) - 1)) for n in range(N // 2)],
+    }
+    legs_Lambda, _, legs_B, _ = dplr("legs", N)
+    for init in ("lin", "inv", "legs"):
+        m = layer(d_model=H, d_state=N, mode="diag", init=init).double()
+        Lambda = torch.tensor(closed[init], dtype=torch.complex128) if init in closed else legs_Lambda
+        B = torch.ones(N // 2, dtype=torch.complex128) if init in closed else legs_B
+        torch.testing.assert_close(m.eigenvalues(), Lambda.expand(H, -1), rtol=1e-6, atol=1e-5)
+        torch.testing.assert_close(m.B, B.expand(H, -1), rtol=1e-6, atol=1e-6)
 
 
 def test_dt_is_log_uniform_in_range():
