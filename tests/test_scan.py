@@ -4,6 +4,7 @@ its float32 accuracy on long sequences, broadcasting, and its input checks."""
 import pytest
 import torch
 
+from ssmbench.core import scan
 from ssmbench.core.scan import linear_scan, linear_scan_reference
 
 
@@ -46,6 +47,26 @@ def test_scan_matches_reference_forward_and_gradient(dtype, length, with_h0, rev
     for name, x, ref in zip(("a", "b", "h0"), grad, grad_ref):
         assert x.shape == ref.shape, name
         assert rel_err(x, ref) < 1e-10, name
+
+
+@pytest.mark.parametrize("chunk", [2, 3, 8])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_short_chunks_recurse_correctly(monkeypatch, chunk, dtype):
+    """Short chunks (8 is the GPU default) give several recursion levels, each with a tail; checked on
+    the CPU here, so that the GPU's configuration is tested where CI runs."""
+    monkeypatch.setattr(scan, "_chunk_length", lambda length, device: chunk)
+    g = torch.Generator().manual_seed(chunk)
+    for length in (100, 1001):
+        for reverse in (False, True):
+            a = random_a((2, length, 3), dtype, generator=g).requires_grad_()
+            b = torch.randn(2, length, 3, dtype=dtype, generator=g).requires_grad_()
+            h0 = torch.randn(2, 3, dtype=dtype, generator=g).requires_grad_()
+            weight = torch.randn(2, length, 3, dtype=dtype, generator=g)
+            h, grad = grads(linear_scan, a, b, h0, reverse, weight)
+            h_ref, grad_ref = grads(linear_scan_reference, a, b, h0, reverse, weight)
+            assert rel_err(h, h_ref) < 1e-10
+            for x, ref in zip(grad, grad_ref):
+                assert rel_err(x, ref) < 1e-10
 
 
 @pytest.mark.parametrize("a_shape", [(5,), (1, 1, 5), (2, 1, 5), (1, 300, 5), (1, 300, 1)])
