@@ -47,7 +47,7 @@ def test_kernel_dplr_equals_reference(rank, L, backend):
     assert relative_error(K, kernel_reference(Ab, Bb, C, L)) < 1e-10
 
 
-@pytest.mark.parametrize("L", LENGTHS)
+@pytest.mark.parametrize("L", (*LENGTHS, 99))   # odd L: no node at omega = -1, irfft of odd length
 def test_kernel_dplr_conjugate_symmetric_half_equals_full_real_system(L, backend):
     Lambda, P, Q, B, C, dt, _ = stable_dplr((3,), 5, 1, seed=3)
     full = [torch.cat([t, t.conj()], dim=-1) for t in (Lambda, P, Q, B, C)]
@@ -123,3 +123,5 @@ def test_bad_arguments():
         kernel_dplr(Lambda, P, Q, B, C, dt, 0)
     with pytest.raises(ValueError, match="unknown method"):
         kernel_diag(Lambda, B, C, dt, 8, method="euler")
+    with pytest.raises(ValueError, match="same state size N"):
+        kernel_diag(Lambda, B, C[..., :1], dt, 8)   # would broadcast silently

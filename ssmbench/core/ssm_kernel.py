@@ -144,6 +144,11 @@ def kernel_diag(
     _check_length(L)
     if method not in DIAG_METHODS:
         raise ValueError(f"kernel_diag: unknown method {method!r}, use one of {list(DIAG_METHODS)}")
+    if not Lambda.shape[-1] == B.shape[-1] == C.shape[-1]:
+        raise ValueError(
+            f"kernel_diag: Lambda, B and C need the same state size N in their last dimension, got "
+            f"{Lambda.shape[-1]}, {B.shape[-1]}, {C.shape[-1]}"
+        )
     l = torch.arange(L, device=Lambda.device)
     if method == "zoh":
         Ab, Bb = zoh_diag(Lambda, B, dt)
