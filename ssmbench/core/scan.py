@@ -14,9 +14,10 @@ every chunk at once (a loop of C steps vectorized across chunks), from a zero st
 only each chunk's final state s_k and the product P_k of its a's. The state at the end of chunk
 k obeys the same recurrence one level up, E_k = P_k * E_{k-1} + s_k, which is solved by the
 same scan (recursively). Pass 2 reruns every chunk from its true initial state E_{k-1}. With
-C ~ sqrt(L) that is O(sqrt(L)) sequential steps instead of L, and every number is produced by
-the same multiply-adds as the plain loop (no log-space, no division by cumulative products),
-so the error stays at rounding level on long sequences, also for |a| near 1, signed or complex a.
+C ~ sqrt(L) that is O(sqrt(L)) sequential steps instead of L. Every number comes from multiply-adds
+of the loop's form, on the inputs and on the chunk products P_k (no log-space, no division by
+cumulative products): the result differs from the loop's by rounding only, and that stays at
+float rounding level on long sequences, also for |a| near 1, signed or complex a (tests/test_scan.py).
 
 The backward pass is the adjoint recurrence, itself a linear scan run in the other direction
 with conj(a) (PyTorch's convention: the gradient of a real loss L w.r.t. z is dL/d conj(z)):
