@@ -293,7 +293,7 @@ def _newton_step(spec: _Spec, h: torch.Tensor, h0: torch.Tensor, x: torch.Tensor
     h_prev = _shift(h, h0)
     value, J = _value_and_jacobian(spec.cell, h_prev, x, spec.kind)
     if spec.kind == "diag":
-        offset = value - J * h_prev
+        offset = torch.addcmul(value, J, h_prev, value=-1)
         if spec.damping > 0:
             return damped_step(J, offset, h, h0, spec.damping)
         return linear_scan(J, offset, h0)
@@ -311,7 +311,7 @@ def _solve(spec: _Spec, x: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor
     converged, reason = False, f"not converged in max_iter={spec.max_iter} iterations"
     for k in range(1, limit + 1):
         h_new = _newton_step(spec, h, h0, x)
-        excess = (torch.sub(h_new, h).abs_() - spec.rtol * h_new.abs()).amax().item()
+        excess = torch.sub(h_new, h).abs_().sub_(h_new.abs(), alpha=spec.rtol).amax().item()
         info["iterations"] = k
         if not math.isfinite(excess):
             reason = f"non-finite iterate at iteration {k}"

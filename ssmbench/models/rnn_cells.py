@@ -15,7 +15,8 @@ df/dh_prev) with `value_and_jacobian_diag`, which shares the work of the two.
               n = tanh(W_in x + b_in + r * (W_hn h + b_hn))   h' = (1 - z) * n + z * h
               (the equations and parameter layout of torch.nn.GRUCell)
     diag_gru  the gru equations with diagonal recurrent weights, W_h* h -> a_* * h (ParaGRU,
-              Danieli et al. 2025): df/dh is diagonal, so quasi-DEER is exact Newton.
+              Danieli et al. 2025): df/dh is diagonal, so quasi-DEER is exact Newton. Only n keeps
+              a recurrent bias (b_hr, b_hz would merely add to the drive's biases).
 
 Heads (elman, gru): the state splits into n_heads independent cells of state_size / n_heads units,
 each with its own recurrent weights (W is block-diagonal) and each reading the whole input; the
@@ -50,6 +51,17 @@ def _block_matvec(W: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Block-diagonal W: (H, K, Dh) with h: (..., H * Dh) -> (..., H, K): one matrix per head."""
     heads, _, head_size = W.shape
     return torch.einsum("...hj,hkj->...hk", h.reshape(*h.shape[:-1], heads, head_size), W)
+
+
+def _gru_value_and_jacobian_diag(h, r, z, n, g_n, w_r, w_z, w_n) -> tuple[torch.Tensor, torch.Tensor]:
+    """The GRU update f = n + z (h - n) and the diagonal of df/dh from its gates, w_* the diagonals of
+    the recurrent weights: z + (h - n) z (1 - z) w_z + (1 - z)(1 - n^2)(g_n r (1 - r) w_r + r w_n)."""
+    h_minus_n = h - n
+    keep = 1 - z
+    through_n = torch.addcmul(r * w_n, g_n * w_r, r * (1 - r))
+    diag = torch.addcmul(z, h_minus_n * z * keep, w_z)
+    diag = torch.addcmul(diag, keep * (1 - n * n), through_n)
+    return torch.addcmul(n, z, h_minus_n), diag
 
 
 class ElmanRecurrence(nn.Module):
@@ -102,12 +114,12 @@ class GRURecurrence(nn.Module):
         u = u.reshape(*u.shape[:-1], 3, self.state_size)
         r = torch.sigmoid(u[..., 0, :] + g[..., 0, :])
         z = torch.sigmoid(u[..., 1, :] + g[..., 1, :])
-        n = torch.tanh(u[..., 2, :] + r * g[..., 2, :])
+        n = torch.tanh(torch.addcmul(u[..., 2, :], r, g[..., 2, :]))
         return r, z, n, g[..., 2, :]
 
     def forward(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         r, z, n, _ = self._gates(h, u)
-        return n + z * (h - n)
+        return torch.addcmul(n, z, h - n)
 
     def _weight_diagonals(self) -> torch.Tensor:
         """diag(W_hr), diag(W_hz), diag(W_hn): (3, D)."""
@@ -118,19 +130,19 @@ class GRURecurrence(nn.Module):
     def value_and_jacobian_diag(self, h: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f and diag(df/dh) = z + (h - n) z (1 - z) w_z + (1 - z)(1 - n^2)(g_n r (1 - r) w_r + r w_n)."""
         r, z, n, g_n = self._gates(h, u)
-        w_r, w_z, w_n = self._weight_diagonals()
-        diag = z + (h - n) * z * (1 - z) * w_z + (1 - z) * (1 - n * n) * (g_n * r * (1 - r) * w_r + r * w_n)
-        return n + z * (h - n), diag
+        return _gru_value_and_jacobian_diag(h, r, z, n, g_n, *self._weight_diagonals())
 
     def jacobian_diag(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return self.value_and_jacobian_diag(h, u)[1]
 
 
 class DiagGRURecurrence(nn.Module):
-    """The GRU update with diagonal recurrent weights, a: (3, D) = (a_r, a_z, a_n), bias: (3, D):
+    """The GRU update with diagonal recurrent weights, a: (3, D) = (a_r, a_z, a_n), bias: (D,) = b_hn:
 
-        r = sigmoid(u_r + a_r h + b_hr)   z = sigmoid(u_z + a_z h + b_hz)   n = tanh(u_n + r (a_n h + b_hn))
+        r = sigmoid(u_r + a_r h)   z = sigmoid(u_z + a_z h)   n = tanh(u_n + r (a_n h + b_hn))
         h' = (1 - z) n + z h                                     (..., D), (..., 3D) -> (..., D)
+
+    (The recurrent biases of r and z would only add to the drive's; that of n is scaled by r.)
     """
 
     diagonal = True
@@ -142,27 +154,25 @@ class DiagGRURecurrence(nn.Module):
         _check_heads(state_size, 1)
         self.state_size, self.n_heads, self.n_gates = state_size, 1, 3
         self.weight = nn.Parameter(_uniform_(torch.empty(3, state_size), 1.0))
-        self.bias = nn.Parameter(_uniform_(torch.empty(3, state_size), 1.0))
+        self.bias = nn.Parameter(_uniform_(torch.empty(state_size), 1.0))
 
     def _gates(self, h: torch.Tensor, u: torch.Tensor):
         u = u.reshape(*u.shape[:-1], 3, self.state_size)
-        (a_r, a_z, a_n), (b_r, b_z, b_n) = self.weight, self.bias
-        g_n = a_n * h + b_n
-        r = torch.sigmoid(u[..., 0, :] + a_r * h + b_r)
-        z = torch.sigmoid(u[..., 1, :] + a_z * h + b_z)
-        n = torch.tanh(u[..., 2, :] + r * g_n)
+        a_r, a_z, a_n = self.weight
+        g_n = torch.addcmul(self.bias, a_n, h)
+        r = torch.sigmoid(torch.addcmul(u[..., 0, :], a_r, h))
+        z = torch.sigmoid(torch.addcmul(u[..., 1, :], a_z, h))
+        n = torch.tanh(torch.addcmul(u[..., 2, :], r, g_n))
         return r, z, n, g_n
 
     def forward(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         r, z, n, _ = self._gates(h, u)
-        return n + z * (h - n)
+        return torch.addcmul(n, z, h - n)
 
     def value_and_jacobian_diag(self, h: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f and df/dh = z + (h - n) z (1 - z) a_z + (1 - z)(1 - n^2)(g_n r (1 - r) a_r + r a_n) (exact: diagonal)."""
         r, z, n, g_n = self._gates(h, u)
-        a_r, a_z, a_n = self.weight
-        diag = z + (h - n) * z * (1 - z) * a_z + (1 - z) * (1 - n * n) * (g_n * r * (1 - r) * a_r + r * a_n)
-        return n + z * (h - n), diag
+        return _gru_value_and_jacobian_diag(h, r, z, n, g_n, *self.weight)
 
     def jacobian_diag(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return self.value_and_jacobian_diag(h, u)[1]
