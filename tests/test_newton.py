@@ -101,7 +101,8 @@ def test_diagonal_adjoint_of_a_dense_cell_is_an_approximation():
 @pytest.mark.parametrize("jacobian", ["full", "diag"])
 @pytest.mark.parametrize("length", [7, 20])
 def test_converges_in_L_iterations_from_any_start(jacobian, length):
-    """With max_iter = L and no tolerance Newton reproduces the rollout, whatever the start and J, even for large weights."""
+    """With max_iter = L and no tolerance Newton reproduces the rollout, whatever the start and J,
+    even for large weights."""
     cell = _cell("elman", scale=4.0)
     x, h0 = _data(2, length, seed=6)
     start = 3.0 * torch.randn(2, length, D, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
@@ -189,7 +190,8 @@ def test_initial_guesses_and_damping_reach_the_same_solution():
 def test_damped_step_is_the_least_squares_step(length):
     g = torch.Generator().manual_seed(14)
     a = 3 * torch.randn(2, length, 3, generator=g, dtype=torch.float64)
-    b, y = torch.randn(2, length, 3, generator=g, dtype=torch.float64), torch.randn(2, length, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(2, length, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(2, length, 3, generator=g, dtype=torch.float64)
     h0 = torch.randn(2, 3, generator=g, dtype=torch.float64)
     for damping in (1e-3, 0.5, 20.0):
         torch.testing.assert_close(damped_step(a, b, y, h0, damping), damped_step_reference(a, b, y, h0, damping),
@@ -206,7 +208,8 @@ def test_damped_step_on_long_sequences():
     L = 5000 agrees with float64."""
     g = torch.Generator().manual_seed(15)
     a = 10 * torch.randn(1, 5000, 2, generator=g, dtype=torch.float64)
-    b, y = torch.randn(1, 5000, 2, generator=g, dtype=torch.float64), torch.randn(1, 5000, 2, generator=g, dtype=torch.float64)
+    b = torch.randn(1, 5000, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(1, 5000, 2, generator=g, dtype=torch.float64)
     h0 = torch.zeros(1, 2, dtype=torch.float64)
     part = slice(0, 400)
     torch.testing.assert_close(damped_step(a[:, part], b[:, part], y[:, part], h0, 1.0),
@@ -258,7 +261,8 @@ def test_a_cell_without_analytic_jacobian():
     x, h0 = _data(2, 25, seed=16)
     weight = torch.randn(2, 25, D, dtype=torch.float64)
     for jacobian in ("diag", "full"):
-        fast = _grads(lambda c, xx, hh: newton_solve(c, xx, hh, jacobian=jacobian, max_iter=100)[0], cell, x, h0, weight)
+        solve = lambda c, xx, hh: newton_solve(c, xx, hh, jacobian=jacobian, max_iter=100)[0]  # noqa: E731
+        fast = _grads(solve, cell, x, h0, weight)
         slow = _grads(sequential_rollout, cell, x, h0, weight)
         for a, b in zip(fast, slow):
             torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)

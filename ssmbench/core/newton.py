@@ -34,12 +34,16 @@ posterior mean of a linear-Gaussian state-space model (dynamics h_t = J_t h_{t-1
 noise, observations h*_t with noise variance 1/lambda), computed by a Kalman filter and RTS
 smoother, themselves parallel scans (see `damped_step`). Implemented for a diagonal J_t (quasi-ELK):
 damping needs jacobian="diag" (or a diagonal cell). Damped steps keep the fixed point but lose the
-L-step guarantee, so the cap is max_iter alone.
+L-step guarantee, so the cap is max_iter alone: on a cell so unstable that undamped Newton overflows,
+damped steps stay bounded but take about L iterations, and like any Levenberg-Marquardt method they
+can stall at a local minimum of sum_t |r_t|^2 (then max_iter ends in the fallback).
 
 Stopping. After each step, stop when |h_new - h| <= tol + rtol |h_new| for every element. The
-defaults depend on the dtype (DEFAULT_TOLERANCES): float32 tol = 1e-5, rtol = 1e-4 (Newton
-converges quadratically, so the returned iterate is far closer than that); float64 tol = rtol =
-1e-10. With tol = rtol = 0 only max_iter (or L) ends the iterations.
+defaults depend on the dtype (DEFAULT_TOLERANCES): float32 tol = 1e-5, rtol = 1e-4; float64
+tol = rtol = 1e-10. Exact Newton converges quadratically, so the returned iterate is far closer to
+the solution than its last update; quasi-DEER on a dense cell converges linearly and its error is of
+the order of the last update (`info["residual"]` reports it). With tol = rtol = 0 only max_iter (or
+L) ends the iterations.
 If the iterations have not converged after max_iter steps, or an iterate is not finite (NaN/inf:
 divergence), the call falls back to `sequential_rollout`; `info` records it and a warning is
 logged. A non-finite x or h0, or a rollout that itself is not finite, raises an error: NaN/inf is
@@ -368,7 +372,8 @@ class _ImplicitSolve(torch.autograd.Function):
                 J = jacobian_blocks(spec.cell, h_prev, x)
             lam = _adjoint(J, grad_h)
             if not torch.isfinite(lam).all():
-                log.warning("newton_solve backward: the adjoint is not finite (exploding gradients through the recurrence)")
+                log.warning("newton_solve backward: the adjoint is not finite "
+                            "(exploding gradients through the recurrence)")
         needs = ctx.needs_input_grad
         with torch.enable_grad():
             x_ = x.detach().requires_grad_(needs[0])

@@ -88,7 +88,8 @@ class ElmanRecurrence(nn.Module):
 
 
 class GRURecurrence(nn.Module):
-    """The GRU update given the drive u = (W_ir x + b_ir, W_iz x + b_iz, W_in x + b_in): (..., D), (..., 3D) -> (..., D).
+    """The GRU update given the drive u = (W_ir x + b_ir, W_iz x + b_iz, W_in x + b_in):
+    (..., D), (..., 3D) -> (..., D).
 
     weight: (H, 3 Dh, Dh), per head the rows of (W_hr, W_hz, W_hn); bias: (3, D) = (b_hr, b_hz, b_hn).
     """
