@@ -21,10 +21,11 @@ import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NORMS = ("layer", "batch", "rms")
-FEEDFORWARDS = ("none", "mlp", "glu")
+FEEDFORWARDS = ("none", "mlp", "glu", "swiglu")
 POOLS = ("mean", "last")
 POSITIONALS = ("none", "sinusoidal", "learned")
 
@@ -54,15 +55,24 @@ class SequenceNorm(nn.Module):
         return self.norm(x)
 
 
+class SwiGLU(nn.Module):
+    """(..., 2F) -> (..., F): silu(a) * b for [a, b] = h split in halves along the last dimension."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        a, b = h.chunk(2, dim=-1)
+        return F.silu(a) * b
+
+
 class FeedForward(nn.Module):
-    """mlp: W2 gelu(W1 x); glu: W2 (W1a x * sigmoid(W1b x)); hidden width expand * D."""
+    """Position-wise, hidden width F = expand * D:
+    mlp: W2 gelu(W1 x);  glu: W2 (W1a x * sigmoid(W1b x));  swiglu: W2 (silu(W1a x) * W1b x)."""
 
     def __init__(self, kind: str, d_model: int, expand: int, dropout: float):
         super().__init__()
-        self.glu = kind == "glu"
+        gated = kind in ("glu", "swiglu")
         hidden = expand * d_model
-        self.inp = nn.Linear(d_model, 2 * hidden if self.glu else hidden)
-        self.act = nn.GLU(dim=-1) if self.glu else nn.GELU()
+        self.inp = nn.Linear(d_model, 2 * hidden if gated else hidden)
+        self.act = {"mlp": nn.GELU(), "glu": nn.GLU(dim=-1), "swiglu": SwiGLU()}[kind]
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, d_model)
 
