@@ -8,6 +8,7 @@ import torch
 from ssmbench.data.base import TaskDataError
 from ssmbench.data.lra.listops import VOCAB, ListOpsDataModule
 from ssmbench.data.lra.listops_generator import generate_listops, write_listops
+from ssmbench.data.lra.release import GENERATED_MARKER
 from tests.task_fixtures import LISTOPS_SIZES, listops_text, listops_value
 from tests.task_fixtures import write_listops as write_listops_fixture
 
@@ -116,6 +117,21 @@ def test_generated_files_load_in_the_release_locations(tmp_path):
     assert [int(dm.val_set[i][1]) for i in range(3)] == [label for _, label in splits[1]]
     custom = listops_task(tmp_path, root="lra_release/lra_release")
     assert len(custom.train_set) == 12
+
+
+def test_the_extracted_release_is_read_before_files_generated_earlier(tmp_path):
+    written = write_listops_fixture(tmp_path)  # stands for the release: move it where the archive puts it
+    (tmp_path / "lra_release" / "lra_release").mkdir()
+    (tmp_path / "lra_release" / "listops-1000").rename(tmp_path / "lra_release" / "lra_release" / "listops-1000")
+    splits = generate_listops(12, 3, 3, seed=2, min_length=5, max_length=50, show_progress=False)
+    generated = tmp_path / "lra_release" / "listops-1000"  # where `ssmbench data generate listops` writes
+    write_listops(generated, splits)
+    (generated / GENERATED_MARKER).write_text("{}")
+    dm = listops_task(tmp_path)
+    assert len(dm.train_set) == LISTOPS_SIZES["basic_train.tsv"]
+    assert [int(y) for _, y, _ in dm.val_set] == [listops_value(e) for e in written["basic_val.tsv"]]
+    assert dm.data_status().source == "LRA release"
+    assert len(listops_task(tmp_path, root="lra_release").train_set) == 12  # the generated files, on request
 
 
 def test_malformed_files_name_the_file_and_line(tmp_path):

@@ -3,7 +3,9 @@
 The release archive (LRA_URL) extracted into `data_dir` gives `<data_dir>/lra_release/lra_release/...`
 (listops-1000/, tsv_data/, pathfinder32/, ...); `ssmbench data generate ...` writes the same layout
 under `<data_dir>/lra_release/`. A task searches RELEASE_DIRS in order and reads the first one that
-holds all of its files, unless the task's `root` option names the directory explicitly.
+holds all of its files, unless the task's `root` option names the directory explicitly. The release's
+own location comes first, so files generated earlier never shadow the published data once it is
+extracted (`task.root=lra_release` reads the generated files then).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 LRA_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
 GENERATED_MARKER = "GENERATED.json"  # written beside generated files by `ssmbench data generate`
-RELEASE_DIRS = ("lra_release", "lra_release/lra_release")
+RELEASE_DIRS = ("lra_release/lra_release", "lra_release")  # the release archive first, then generated files
 
 
 def candidate_roots(data_dir: Path, root: str | Path | None) -> list[Path]:
