@@ -145,6 +145,7 @@ def test_malformed_files_name_the_file_and_line(tmp_path):
         ("\n".join(lines[:2] + [lines[2].replace("[MIN", "[FIRST").replace("[MAX", "[FIRST")]), "line 3: unknown token"),
         ("\n".join(lines[:2] + [lines[2].split("\t")[0] + "\t12"]), "line 3: Target '12' is not a digit"),
         ("\n".join(lines[:2] + [lines[2].replace(" ] )", " )", 1) + ""]), "line 3: unbalanced expression"),
+        (lines[0] + "\n", "holds no expressions after its header"),
     ]
     for text, message in cases:
         path.write_text(text)
@@ -153,9 +154,16 @@ def test_malformed_files_name_the_file_and_line(tmp_path):
 
 
 def test_expressions_longer_than_seq_len_are_an_error_not_truncated(tmp_path):
-    write_listops_fixture(tmp_path)
+    written = write_listops_fixture(tmp_path)
     with pytest.raises(TaskDataError, match="more than task.seq_len=4; raise task.seq_len"):
         listops_task(tmp_path, seq_len=4)
+    lengths = [len([t for t in listops_text(e).split() if t not in "()"]) for e in written["basic_train.tsv"]]
+    longest = max(lengths)
+    dm = listops_task(tmp_path, seq_len=longest)  # the longest expression fills the sequence exactly
+    x, _, n = dm.train_set[lengths.index(longest)]
+    assert int(n) == longest == x.shape[0] and bool((x > 0).all())
+    with pytest.raises(TaskDataError, match=f"holds an expression of {longest} tokens, more than task.seq_len"):
+        listops_task(tmp_path, seq_len=longest - 1)
 
 
 def test_missing_files_name_the_release_and_the_generator(tmp_path):

@@ -37,8 +37,9 @@ def tokenize(source: str) -> list[int]:
 
 
 def read_listops_tsv(path: Path) -> tuple[list[list[int]], list[int]]:
-    """(token ids per expression, values) of one release TSV; TaskDataError naming the file and line
-    for a missing header, a malformed or truncated line, an unknown token or a value outside 0-9."""
+    """(token ids per expression, values) of one release TSV; TaskDataError naming the file (and line)
+    for a missing header, no expressions, a malformed or truncated line, an unknown token or a value
+    outside 0-9."""
     sources, targets = [], []
     with open(path, newline="", encoding="utf-8") as f:
         rows = csv.reader(f, delimiter="\t")
@@ -60,6 +61,8 @@ def read_listops_tsv(path: Path) -> tuple[list[list[int]], list[int]]:
                 raise corrupt_file(path, f"line {line}: Target {row[1]!r} is not a digit 0-9")
             sources.append(tokens)
             targets.append(int(row[1]))
+    if not targets:
+        raise corrupt_file(path, "holds no expressions after its header")
     return sources, targets
 
 
