@@ -66,6 +66,16 @@ def test_text_val_fraction_zero_validates_on_test_and_seq_len_keys_the_cache(tmp
         text_task(tmp_path, vocab_size=256)
 
 
+def test_text_split_without_reviews_is_an_error_naming_the_directory(tmp_path):
+    import pyarrow.parquet as pq
+
+    write_imdb(tmp_path)
+    test_file = next((tmp_path / "imdb").rglob("test-*.parquet"))
+    pq.write_table(pq.read_table(test_file).slice(0, 0), test_file)
+    with pytest.raises(TaskDataError, match=f"{tmp_path / 'imdb'}: the test split has no reviews"):
+        text_task(tmp_path)
+
+
 def test_retrieval_pairs_two_byte_documents_per_example(tmp_path):
     written = write_aan(tmp_path)
     dm = retrieval_task(tmp_path)
@@ -79,6 +89,14 @@ def test_retrieval_pairs_two_byte_documents_per_example(tmp_path):
     assert int(dm.train_set[0][2][0]) == 4000  # the long first document is cut to seq_len
     x, y, lengths = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 2, 4000) and y.shape == (4,) and lengths.shape == (4, 2)
+
+
+def test_retrieval_seq_len_keys_the_cache(tmp_path):
+    write_aan(tmp_path)
+    short = retrieval_task(tmp_path, seq_len=100)
+    assert int(short.train_set[0][2][0]) == 100
+    full = retrieval_task(tmp_path)  # a cache of documents cut at 100 bytes must not be served for 4000
+    assert int(full.train_set[0][2][0]) == 4000 and len(cache_files(tmp_path, "aan")) == 2
 
 
 def test_retrieval_malformed_and_missing_files(tmp_path):

@@ -55,6 +55,8 @@ class TextDataModule(SequenceDataModule):
             for path, table in progress(files, f"imdb {split}: encoding"):
                 documents += utf8_bytes(table.column("text").to_pylist(), self.seq_len, str(path))
                 labels += table.column("label").to_pylist()
+            if not labels:
+                raise corrupt_file(IMDB.local_dir(self.root), f"the {split} split has no reviews")
             tensors[f"{split}_tokens"], tensors[f"{split}_offsets"] = ragged(documents, torch.uint8)
             tensors[f"{split}_labels"] = torch.tensor(labels, dtype=torch.long)
         return tensors
