@@ -46,6 +46,18 @@ def test_images_in_raster_order_split_80_10_10_and_labels_follow_the_metadata(tm
     assert x.shape == (4, 1024, 1) and y.shape == (4,)
 
 
+def test_metadata_files_are_read_in_numeric_order(tmp_path):
+    """Sample i is line 1 of metadata/<i>.npy: the order (0, 1, 2, ..., 10, 11, not 0, 1, 10, 11, 2, ...) fixes which
+    images the fixed-seed split puts in train, validation and test."""
+    write_pathfinder_release(tmp_path, 32, n_images=12, per_batch=1)
+    dm = pathfinder_task(tmp_path)
+    imgs = tmp_path / "lra_release" / "pathfinder32" / "curv_contour_length_14" / "imgs"
+    for ds, idx in zip((dm.train_set, dm.val_set, dm.test_set), split_indices(12, (0.1, 0.1), 42)):
+        for j, i in enumerate(idx.tolist()):
+            pixels = torch.from_numpy(np.array(Image.open(imgs / str(i) / f"sample_{i}.png"))).float().reshape(1024)
+            assert torch.allclose(ds[j][0][:, 0], (pixels / 255 - 0.5) / 0.5) and int(ds[j][1]) == i % 2
+
+
 def test_generated_images_load_with_their_metadata_labels(tmp_path):
     out = generate_pathfinder(tmp_path / "lra_release", resolution=32, difficulty="9", n_images=10, batch_size=4,
                               seed=1, progress=False)
