@@ -1,13 +1,15 @@
 """LRA ListOps: the published generator (checked by an independent evaluator) and the TSV loader."""
 
 import csv
+import random
+from collections import Counter
 
 import pytest
 import torch
 
 from ssmbench.data.base import TaskDataError
 from ssmbench.data.lra.listops import VOCAB, ListOpsDataModule
-from ssmbench.data.lra.listops_generator import generate_listops, write_listops
+from ssmbench.data.lra.listops_generator import generate_listops, random_tree, write_listops
 from ssmbench.data.lra.release import GENERATED_MARKER
 from tests.task_fixtures import LISTOPS_SIZES, listops_text, listops_value
 from tests.task_fixtures import write_listops as write_listops_fixture
@@ -57,6 +59,24 @@ def test_generated_expressions_evaluate_to_their_labels_within_the_limits():
         value, length, depth, widest = evaluate_text(source)
         assert value == label and 10 < length < 120
         assert depth <= 3 and 2 <= widest <= 5  # operators only above max_depth, 2..max_args arguments
+
+
+def test_tree_shape_follows_the_published_generator():
+    """Below max_depth a node is an operator with probability 1/4, uniform over the four operators, with
+    2..max_args arguments (uniform); at max_depth it is a digit (root at depth 1)."""
+    rng = random.Random(0)
+    n = 4000
+    operators = [t for t in (random_tree(rng, max_depth=2, max_args=6)[0] for _ in range(n)) if not isinstance(t, int)]
+    assert abs(len(operators) / n - 0.25) < 0.03
+    assert all(isinstance(c, int) for _, children in operators for c in children)
+    arity = Counter(len(children) for _, children in operators)
+    assert sorted(arity) == [2, 3, 4, 5, 6] and all(abs(c / len(operators) - 1 / 5) < 0.06 for c in arity.values())
+    kinds = Counter(op for op, _ in operators)
+    assert sorted(kinds) == sorted(OPS) and all(abs(c / len(operators) - 1 / 4) < 0.06 for c in kinds.values())
+
+    deep = [random_tree(rng, max_depth=3, max_args=3)[0] for _ in range(2000)]
+    nested = [c for t in deep if not isinstance(t, int) for c in t[1] if not isinstance(c, int)]
+    assert nested and all(isinstance(g, int) for _, children in nested for g in children)
 
 
 def test_published_settings_give_lengths_between_500_and_2000():
