@@ -48,6 +48,26 @@ def test_stroke_coverage_is_the_pixel_area_covered():
 # ---------------------------------------------------------------- parameters
 
 
+# lra_benchmarks/data/pathfinder.py (the LRA builders' docstrings), with snakes2_wrapper.py's defaults where they
+# list none (padding 22, seed_distance 27, paddle_length 5, paddle contrast 1): (padding, margins, seed_distance,
+# marker_radius, paddle_length, paddle_thickness, continuity, distractor budget, snake x paddle contrast).
+LRA_BUILDERS = {
+    32: (1, (1,), 7, 1.5, 2, 0.5, 1.0, 20, 2 * 0.75),
+    64: (1, (1,), 12, 2.5, 5, 1.0, 1.8, 22, 0.8),
+    128: (1, (2, 3), 20, 3.0, 5, 1.5, 1.8, 35, 0.9),
+    256: (22, (3,), 27, 5.0, 5, 2.0, 1.8, 30, 1.0),
+}
+
+
+@pytest.mark.parametrize("resolution", sorted(LRA_BUILDERS))
+def test_parameters_are_the_lra_builders(resolution):
+    for difficulty, contour_length in (("baseline", 6), ("9", 9), ("14", 14)):
+        p = pathfinder_params(resolution, difficulty)
+        assert (p.padding, p.margins, p.seed_distance, p.marker_radius, p.paddle_length, p.paddle_thickness,
+                p.continuity, p.budget, p.contrast) == LRA_BUILDERS[resolution]
+        assert (p.resolution, p.contour_length, p.distractor_length) == (resolution, contour_length, contour_length // 3)
+
+
 def test_published_parameters():
     p = pathfinder_params(32, "14")
     assert (p.paddle_length, p.paddle_thickness, p.margins, p.seed_distance, p.marker_radius) == (2, 0.5, (1,), 7, 1.5)
