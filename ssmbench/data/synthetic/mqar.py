@@ -13,8 +13,8 @@ gaps g_1..g_K are drawn without replacement from 0 .. S - 1 (S = (L - 2K) // 2) 
 proportional to (g + 1)^(alpha - 1), a power law (alpha -> 0 favours queries close to the key-value
 pairs; alpha = 1 is uniform; Zoology's default alpha is 0.01). The label at a query's position is its
 value, so a model predicts the value from the query key (the next-token convention of Zoology); the value
-itself never appears after its query. With `noise` every other position of the query region holds a
-uniform random token of 0 .. V - 1 (Zoology's `random_non_queries`), otherwise 0.
+itself never appears after its query. With `noise` every position of the query region that holds no
+query holds a uniform random token of 0 .. V - 1 (Zoology's `random_non_queries`), otherwise 0.
 
 Chance accuracy: 2 / V guessing a value token uniformly, 1 / K guessing among the K values of the
 example. Train, validation and test sets are drawn one after another from one generator seeded by `seed`.
