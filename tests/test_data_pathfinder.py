@@ -101,6 +101,9 @@ def test_bad_metadata_and_wrong_image_size_name_the_file(tmp_path):
     metadata.write_text(good + "imgs/1 sample_99.png 99\n")
     with pytest.raises(TaskDataError, match=f"{metadata}: line 3 is 'imgs/1 sample_99.png 99', expected"):
         pathfinder_task(tmp_path)
+    metadata.write_text(good.replace(" 1 0 1.8", " 2 0 1.8", 1))  # a label other than 0 / 1 in column 4
+    with pytest.raises(TaskDataError, match=f"{metadata}: line 2 is 'imgs/1 sample_9.png 9 2 0 1.8"):
+        pathfinder_task(tmp_path)
     metadata.write_text(good)
     image = metadata.parent.parent / "imgs" / "1" / "sample_8.png"
     Image.fromarray(np.zeros((31, 32), dtype=np.uint8)).save(image)

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from ssmbench.data.base import TaskDataError
+from ssmbench.data.base import IGNORE_INDEX, TaskDataError, check_labels
 from ssmbench.data.sequences import PixelSequences, TokenSequences, ragged, take
 from ssmbench.data.splits import split_indices
 from ssmbench.data.storage import TensorCache, corrupt_file, fingerprint, human_size, missing_data
@@ -101,3 +101,10 @@ def test_pixel_sequences_normalize_and_permute():
     assert torch.allclose(second[0][0][:, 0], torch.tensor([1.0, 0.0, 204 / 255]))
     with pytest.raises(ValueError, match="one value per channel"):
         PixelSequences(pixels, torch.tensor([3]), mean=[0.1, 0.2], std=[1.0, 1.0])
+
+
+def test_labels_must_lie_in_zero_to_n_classes():
+    check_labels(torch.tensor([0, 9, IGNORE_INDEX]), 10, "task t, train split")
+    for bad, found in ((10, "0..10"), (-1, "-1..9")):
+        with pytest.raises(TaskDataError, match=f"task t, train split: labels outside \\[0, 10\\) \\(found {found}\\)"):
+            check_labels(torch.tensor([0, 9, bad]), 10, "task t, train split")
