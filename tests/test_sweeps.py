@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from ssmbench.compare import compare
 from ssmbench.config import config_dir, register_resolvers
@@ -18,13 +18,6 @@ from tests.helpers import run_cli
 
 TINY = ["task.n_train=128", "task.n_val=64", "task.n_test=64", "model.d_model=16", "model.n_layers=1",
         "print_config=false"]
-
-
-def sweep_override(name: str) -> str:
-    """`sweep=name` once conf/config.yaml lists the sweep group in its defaults, `+sweep=name` before."""
-    defaults = OmegaConf.load(config_dir() / "config.yaml").defaults
-    listed = any(isinstance(d, DictConfig) and "sweep" in d for d in defaults)
-    return f"sweep={name}" if listed else f"+sweep={name}"
 
 
 def jobs_of(sweep: Path) -> list[Path]:
@@ -118,7 +111,7 @@ def test_lr_wd_search_space():
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("config", [sweep_override("lr_wd"), "seed=7"], return_hydra_config=True)
+        cfg = compose("config", ["sweep=lr_wd", "model=gru", "seed=7"], return_hydra_config=True)
     GlobalHydra.instance().clear()
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.sampler._target_ == "optuna.samplers.TPESampler"
@@ -143,7 +136,7 @@ def test_optuna_sweep_of_3_trials_reports_best_and_survives_a_crashed_trial(tmp_
     import optuna
 
     sweep, storage = tmp_path / "optuna", f"sqlite:///{tmp_path / 'study.db'}"
-    proc = run_cli("train", sweep_override("lr_wd"), "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage={storage}",
+    proc = run_cli("train", "sweep=lr_wd", "model=gru", "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage={storage}",
                    "optimizer.lr=choice(3e-3,-1.0)", "seed=1", "trainer.max_epochs=1", "logger=csv",
                    f"hydra.sweep.dir={sweep}", *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -198,7 +191,7 @@ def test_slurm_launcher_wires_the_trainer_into_sbatch(tmp_path, monkeypatch):
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("config", ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
+        cfg = compose("config", ["hydra/launcher=slurm", "model=gru", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
                                  "task.num_workers=5", "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path / 's'}"],
                       return_hydra_config=True)
         launcher = instantiate(cfg.hydra.launcher)
@@ -222,7 +215,7 @@ def test_submitit_local_launcher_runs_the_job_in_its_own_process(tmp_path, capsy
     result comes back to the sweep; one job keeps the test short."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "local"
-    proc = run_cli("train", "-m", "hydra/launcher=submitit_local", "seed=3", "trainer=debug", "logger=csv",
+    proc = run_cli("train", "-m", "hydra/launcher=submitit_local", "model=gru", "seed=3", "trainer=debug", "logger=csv",
                    f"hydra.sweep.dir={sweep}", *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (job,) = jobs_of(sweep)
