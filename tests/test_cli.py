@@ -46,12 +46,12 @@ def test_incompatible_model_and_task_fail_before_training(tmp_path):
 
 
 def test_eval_of_a_missing_or_invalid_checkpoint(tmp_path):
-    assert_clean_error(run_cli("eval", f"ckpt_path={tmp_path / 'none.ckpt'}"), "checkpoint not found")
+    assert_clean_error(run_cli("eval", f"ckpt_path={tmp_path / 'none.ckpt'}", cwd=tmp_path), "checkpoint not found")
     bad = tmp_path / "bad.ckpt"
     bad.write_text("not a checkpoint")
-    assert_clean_error(run_cli("eval", f"ckpt_path={bad}"), "is not a readable PyTorch checkpoint")
+    assert_clean_error(run_cli("eval", f"ckpt_path={bad}", cwd=tmp_path), "is not a readable PyTorch checkpoint")
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
-    assert_clean_error(run_cli("eval", f"ckpt_path={tmp_path / 'other.ckpt'}"), "is not an ssmbench checkpoint")
+    assert_clean_error(run_cli("eval", f"ckpt_path={tmp_path / 'other.ckpt'}", cwd=tmp_path), "is not an ssmbench checkpoint")
 
 
 @pytest.mark.slow
