@@ -12,6 +12,7 @@ Leading dimensions `...` broadcast across all arguments (e.g. channels and featu
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -53,8 +54,10 @@ def c_from_ct(Ct: torch.Tensor, Ab: torch.Tensor, L: int) -> torch.Tensor:
     return torch.linalg.solve((eye - _power(Ab, L)).mT, Ct[..., None])[..., 0]
 
 
-def _roots_of_unity(L: int, n: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+@functools.lru_cache(maxsize=64)
+def _roots_of_unity(L: int, n: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """omega_k = exp(-2 pi i k / L), k < n, as (s_k = (1 - omega_k) / (1 + omega_k), 1 / (1 + omega_k)).
+    Constants, cached per (L, n, dtype, device): a training step neither recomputes nor copies them.
 
     Computed in float64: for k = L/2, 1 + omega_k = -i sin(fl(pi)) ~ 1e-16 i is tiny but never zero
     (pi is not a float), and the two factors cancel to working precision in the generating function.
@@ -111,7 +114,7 @@ def kernel_dplr(
     w = (dt / 2 * Lambda).to(cdtype)[..., None, None, :]                # (..., 1, 1, N)
 
     n_nodes = L // 2 + 1 if conj_sym else L
-    s, inv_one_plus = _roots_of_unity(L, n_nodes, cdtype, Lambda.device)
+    s, inv_one_plus = _roots_of_unity(L, n_nodes, cdtype, torch.device(Lambda.device))
     if conj_sym:
         both = cauchy(v, torch.cat([s, s.conj()]), w)
         k = both[..., :n_nodes] + both[..., n_nodes:].conj()
