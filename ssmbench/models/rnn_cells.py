@@ -53,6 +53,12 @@ def _block_matvec(W: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return torch.einsum("...hj,hkj->...hk", h.reshape(*h.shape[:-1], heads, head_size), W)
 
 
+def _split_gates(u: torch.Tensor, state_size: int) -> tuple[torch.Tensor, ...]:
+    """(..., 3D) -> three (..., D) views. By unbind, not indexing: the gradient of three selects would
+    be three zero-filled (..., 3, D) tensors summed, that of unbind one stack."""
+    return u.reshape(*u.shape[:-1], 3, state_size).unbind(-2)
+
+
 def _gru_value_and_jacobian_diag(h, r, z, n, g_n, w_r, w_z, w_n) -> tuple[torch.Tensor, torch.Tensor]:
     """The GRU update f = n + z (h - n) and the diagonal of df/dh from its gates, w_* the diagonals of
     the recurrent weights: z + (h - n) z (1 - z) w_z + (1 - z)(1 - n^2)(g_n r (1 - r) w_r + r w_n)."""
@@ -111,12 +117,12 @@ class GRURecurrence(nn.Module):
         return g.transpose(-3, -2).reshape(*h.shape[:-1], 3, self.state_size) + self.bias
 
     def _gates(self, h: torch.Tensor, u: torch.Tensor):
-        g = self._recurrent_term(h)
-        u = u.reshape(*u.shape[:-1], 3, self.state_size)
-        r = torch.sigmoid(u[..., 0, :] + g[..., 0, :])
-        z = torch.sigmoid(u[..., 1, :] + g[..., 1, :])
-        n = torch.tanh(torch.addcmul(u[..., 2, :], r, g[..., 2, :]))
-        return r, z, n, g[..., 2, :]
+        g_r, g_z, g_n = self._recurrent_term(h).unbind(-2)
+        u_r, u_z, u_n = _split_gates(u, self.state_size)
+        r = torch.sigmoid(u_r + g_r)
+        z = torch.sigmoid(u_z + g_z)
+        n = torch.tanh(torch.addcmul(u_n, r, g_n))
+        return r, z, n, g_n
 
     def forward(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         r, z, n, _ = self._gates(h, u)
@@ -158,12 +164,12 @@ class DiagGRURecurrence(nn.Module):
         self.bias = nn.Parameter(_uniform_(torch.empty(state_size), 1.0))
 
     def _gates(self, h: torch.Tensor, u: torch.Tensor):
-        u = u.reshape(*u.shape[:-1], 3, self.state_size)
+        u_r, u_z, u_n = _split_gates(u, self.state_size)
         a_r, a_z, a_n = self.weight
         g_n = torch.addcmul(self.bias, a_n, h)
-        r = torch.sigmoid(torch.addcmul(u[..., 0, :], a_r, h))
-        z = torch.sigmoid(torch.addcmul(u[..., 1, :], a_z, h))
-        n = torch.tanh(torch.addcmul(u[..., 2, :], r, g_n))
+        r = torch.sigmoid(torch.addcmul(u_r, a_r, h))
+        z = torch.sigmoid(torch.addcmul(u_z, a_z, h))
+        n = torch.tanh(torch.addcmul(u_n, r, g_n))
         return r, z, n, g_n
 
     def forward(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
