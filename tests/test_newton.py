@@ -283,3 +283,52 @@ def test_bad_arguments_are_clear_errors():
         newton_solve(cell, x, h0, init="ones")
     with pytest.raises(ValueError, match="max_iter=0"):
         newton_solve(cell, x, h0, max_iter=0)
+
+
+@pytest.mark.parametrize("kind,jacobian", [("diag_gru", "diag"), ("gru", "diag"), ("elman", "full")])
+def test_cell_evaluated_in_row_blocks_equals_whole(monkeypatch, kind, jacobian):
+    """On a CPU the solver evaluates the cell on blocks of B * L rows (newton.CELL_BLOCK_BYTES): blocks of
+    3 rows (with a short last block) give the rollout, the same iterations and residual as one block,
+    and the gradients of backpropagation through the loop."""
+    import ssmbench.core.newton as newton
+
+    cell = _cell(kind)
+    x, h0 = _data(2, 50, seed=8)
+    weight = torch.randn(2, 50, D, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        whole, whole_info = newton_solve(cell, x, h0, jacobian=jacobian, max_iter=200)
+        ref = sequential_rollout(cell, x, h0)
+    monkeypatch.setattr(newton, "CELL_BLOCK_BYTES", 3 * D * 8)
+    assert len(newton._row_blocks(100, D, torch.float64, x.device)) == 34
+    with torch.no_grad():
+        h, info = newton_solve(cell, x, h0, jacobian=jacobian, max_iter=200)
+    torch.testing.assert_close(h, ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(h, whole, rtol=0, atol=1e-12)
+    assert info["iterations"] == whole_info["iterations"]
+    assert info["residual"] == pytest.approx(whole_info["residual"], abs=1e-14)
+    fast = _grads(lambda c, xx, hh: newton_solve(c, xx, hh, jacobian=jacobian, max_iter=200)[0], cell, x, h0, weight)
+    slow = _grads(sequential_rollout, cell, x, h0, weight)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
+def test_convergence_check_decides_as_its_definition():
+    """_excess(h_new, h) <= tol exactly when max(|h_new - h| - rtol |h_new|) <= tol, at every scale of
+    the update (shortcuts on either side and the exact evaluation between), and NaN/inf stay non-finite."""
+    from ssmbench.core.newton import _excess
+
+    g = torch.Generator().manual_seed(10)
+    tol, rtol = 1e-5, 1e-4
+    h_new = torch.randn(3, 40, 5, generator=g)
+    seen = set()
+    for scale in torch.logspace(-8, 0, 81).tolist():
+        h = h_new + scale * torch.randn(3, 40, 5, generator=g)
+        direct = (h_new - h).abs().sub(h_new.abs(), alpha=rtol).amax().item()
+        fast = _excess(h_new, h, torch.empty_like(h), tol, rtol)
+        assert (fast <= tol) == (direct <= tol), scale
+        seen.add(fast <= tol)
+    assert seen == {True, False}
+    for bad in (math.nan, math.inf):
+        h_bad = h_new.clone()
+        h_bad[1, 7, 2] = bad
+        assert not math.isfinite(_excess(h_bad, h_new, torch.empty_like(h_new), tol, rtol))

@@ -97,6 +97,7 @@ DEFAULT_TOLERANCES = {  # dtype -> (tol, rtol)
     torch.bfloat16: (1e-2, 1e-2),
 }
 FULL_BACKWARD_MAX_STATE = 32  # head size up to which jacobian="diag" on a dense cell backpropagates exactly
+CELL_BLOCK_BYTES = 1 << 19  # on a CPU the cell is evaluated on blocks of rows of this much state (_row_blocks)
 
 
 def sequential_rollout(cell: torch.nn.Module, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
@@ -293,15 +294,80 @@ def _initial_guess(cell, x: torch.Tensor, h0: torch.Tensor, init) -> torch.Tenso
     return cell(h0.new_zeros(shape), x)  # "input": h_t = f(0, x_t)
 
 
-def _newton_step(spec: _Spec, h: torch.Tensor, h0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    h_prev = _shift(h, h0)
-    value, J = _value_and_jacobian(spec.cell, h_prev, x, spec.kind)
+def _row_blocks(rows: int, width: int, dtype: torch.dtype, device: torch.device) -> list[slice]:
+    """Blocks of the B * L rows on which the solver evaluates the cell. On a CPU about CELL_BLOCK_BYTES
+    of state each, so that the cell's ~20 elementwise temporaries stay in cache (on a whole (B, L, D)
+    tensor each of them is a pass through main memory); f at (h_{t-1}, x_t) depends on that row only."""
+    if device.type != "cpu":
+        return [slice(0, rows)]
+    step = max(1, CELL_BLOCK_BYTES // (width * dtype.itemsize))
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+class _Workspace:
+    """Buffers shared by the iterations of one solve: h_prev (B, L, D) with h_prev_1 = h0, its rows
+    view (B * L, D) with that of x, and the row blocks the cell is evaluated on."""
+
+    def __init__(self, x: torch.Tensor, h0: torch.Tensor):
+        batch, length, width = x.shape[0], x.shape[1], h0.shape[1]
+        self.h0 = h0
+        self.h_prev = torch.empty(batch, length, width, dtype=h0.dtype, device=h0.device)
+        self.h_prev[:, 0] = h0
+        self.prev_rows = self.h_prev.view(batch * length, width)
+        self.x = x
+        self.x_rows = x.reshape(batch * length, x.shape[2])
+        self.blocks = _row_blocks(batch * length, width, h0.dtype, h0.device)
+
+    def shift(self, h: torch.Tensor) -> torch.Tensor:
+        """h_prev_t = h_{t-1} (h_prev_1 = h0) written into the buffer: (B, L, D) -> (B, L, D)."""
+        self.h_prev[:, 1:] = h[:, :-1]
+        return self.h_prev
+
+    def linearize_diag(self, cell, h: torch.Tensor, with_offset: bool = True):
+        """J_t = diag df/dh(h_{t-1}, x_t) and offset_t = f(h_{t-1}, x_t) - J_t h_{t-1} (or None), block by block."""
+        self.shift(h)
+        J = torch.empty_like(self.h_prev)
+        offset = torch.empty_like(self.h_prev) if with_offset else None
+        for rows in self.blocks:
+            prev = self.prev_rows[rows]
+            value, jac = _value_and_jacobian(cell, prev, self.x_rows[rows], "diag")
+            J.view_as(self.prev_rows)[rows] = jac
+            if with_offset:
+                torch.addcmul(value, jac, prev, value=-1, out=offset.view_as(self.prev_rows)[rows])
+        return J, offset
+
+    def residual(self, cell, h: torch.Tensor) -> float:
+        """max_t |h_t - f(h_{t-1}, x_t)|, block by block."""
+        self.shift(h)
+        h_rows = h.reshape(self.prev_rows.shape)
+        peaks = [(h_rows[rows] - cell(self.prev_rows[rows], self.x_rows[rows])).abs_().amax() for rows in self.blocks]
+        return torch.stack(peaks).amax().item()
+
+
+def _newton_step(spec: _Spec, h: torch.Tensor, work: _Workspace) -> torch.Tensor:
     if spec.kind == "diag":
-        offset = torch.addcmul(value, J, h_prev, value=-1)
+        J, offset = work.linearize_diag(spec.cell, h)
         if spec.damping > 0:
-            return damped_step(J, offset, h, h0, spec.damping)
-        return linear_scan(J, offset, h0)
-    return _block_scan(J, value - _block_matvec(J, h_prev), h0)
+            return damped_step(J, offset, h, work.h0, spec.damping)
+        return linear_scan(J, offset, work.h0)
+    h_prev = work.shift(h)
+    value, J = _value_and_jacobian(spec.cell, h_prev, work.x, spec.kind)
+    return _block_scan(J, value - _block_matvec(J, h_prev), work.h0)
+
+
+def _excess(h_new: torch.Tensor, h: torch.Tensor, diff: torch.Tensor, tol: float, rtol: float) -> float:
+    """A number that is <= tol exactly when max(|h_new - h| - rtol |h_new|) <= tol, and not finite when
+    that is not (an iterate with NaN/inf). Decided by max |h_new - h| alone where it can be (it is an
+    upper bound, and above 2 (tol + rtol max |h_new|) the criterion fails): two reductions instead of
+    five elementwise passes, for every iteration but those near the tolerance."""
+    low, high = torch.aminmax(torch.sub(h_new, h, out=diff))
+    bound = max(-low.item(), high.item())
+    if not math.isfinite(bound) or bound <= tol:
+        return bound
+    low, high = torch.aminmax(h_new)
+    if bound > 2 * (tol + rtol * max(-low.item(), high.item())):
+        return bound
+    return diff.abs_().sub_(h_new.abs(), alpha=rtol).amax().item()
 
 
 def _solve(spec: _Spec, x: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -312,10 +378,12 @@ def _solve(spec: _Spec, x: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor
         return h0.new_zeros(h0.shape[0], 0, h0.shape[1]), info
     limit = spec.max_iter if spec.damping > 0 else min(spec.max_iter, length)
     h = _initial_guess(spec.cell, x, h0, spec.init)
+    work = _Workspace(x, h0)
+    diff = torch.empty_like(work.h_prev)
     converged, reason = False, f"not converged in max_iter={spec.max_iter} iterations"
     for k in range(1, limit + 1):
-        h_new = _newton_step(spec, h, h0, x)
-        excess = torch.sub(h_new, h).abs_().sub_(h_new.abs(), alpha=spec.rtol).amax().item()
+        h_new = _newton_step(spec, h, work)
+        excess = _excess(h_new, h, diff, spec.tol, spec.rtol)
         info["iterations"] = k
         if not math.isfinite(excess):
             reason = f"non-finite iterate at iteration {k}"
@@ -335,8 +403,7 @@ def _solve(spec: _Spec, x: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor
             raise FloatingPointError(
                 "newton_solve: the sequential rollout is not finite either: the recurrence overflows "
                 "(NaN/inf or very large cell parameters); lower the learning rate or check the cell")
-    info.update(converged=converged, fallback=not converged, reason=reason,
-                residual=(h - spec.cell(_shift(h, h0), x)).abs().amax().item())
+    info.update(converged=converged, fallback=not converged, reason=reason, residual=work.residual(spec.cell, h))
     return h, info
 
 
@@ -365,11 +432,10 @@ class _ImplicitSolve(torch.autograd.Function):
         h = h.detach()  # the saved output still points at this node
         spec, params = ctx.spec, ctx.params
         with torch.no_grad():
-            h_prev = _shift(h, h0)
             if spec.backward == "diag":
-                _, J = _value_and_jacobian(spec.cell, h_prev, x, "diag")
+                J, _ = _Workspace(x, h0).linearize_diag(spec.cell, h, with_offset=False)
             else:
-                J = jacobian_blocks(spec.cell, h_prev, x)
+                J = jacobian_blocks(spec.cell, _shift(h, h0), x)
             lam = _adjoint(J, grad_h)
             if not torch.isfinite(lam).all():
                 log.warning("newton_solve backward: the adjoint is not finite "
