@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="*", default=None)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--train-steps", type=int, default=200)
+    parser.add_argument("--train-steps", type=int, default=200, help="0: skip the training table")
     parser.add_argument("--train-seq-len", type=int, default=64)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -138,6 +138,9 @@ def main() -> None:
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, float32\n")
     print(f"Forward + backward of the recurrence (best of {repeats}):")
     speed_table(device, lengths, args.batch, repeats)
+    if steps < 1:
+        print("\n--train-steps 0: no training table")
+        return
     print(f"\nNewton iterations while training on copy (d_model 64, 1 layer, batch 32, lr 3e-3, {steps} steps):")
     training_table(device, steps, args.train_seq_len)
 
