@@ -29,26 +29,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
 SEQUENTIAL_MAX_LEN = 32  # up to this length the plain loop is the fastest scan
-HUGE_PAGE_MIN_BYTES = 1 << 22  # CPU outputs from this size on are allocated by numpy (see _empty)
-_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64,
-                 torch.complex64: np.complex64, torch.complex128: np.complex128}
-
-
-def _empty(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialized tensor for an output of the scan. A large one on the CPU is allocated by numpy,
-    which asks Linux for transparent huge pages (madvise) from 4 MiB on: writing fresh memory then
-    takes one page fault per 2 MiB instead of one per 4 KiB. Fresh memory is what a large output
-    gets (the C allocator maps it anew each time), and on a VM a fault costs over a microsecond:
-    torch.empty outputs of 64 MiB cost ~20 ms of faults each, more than the whole scan."""
-    np_dtype = _NUMPY_DTYPES.get(dtype)
-    if device.type != "cpu" or np_dtype is None or math.prod(shape) * dtype.itemsize < HUGE_PAGE_MIN_BYTES:
-        return torch.empty(shape, dtype=dtype, device=device)
-    return torch.from_numpy(np.empty(tuple(shape), dtype=np_dtype))
 
 
 def _chunk_length(length: int, device: torch.device) -> int:
@@ -132,7 +116,7 @@ class _LinearScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b, h0, reverse):
-        h = _empty(b.shape, b.dtype, b.device)
+        h = torch.empty(b.shape, dtype=b.dtype, device=b.device)
         _scan_into(a, b, h0, reverse, h)
         ctx.reverse = reverse
         ctx.save_for_backward(a, h, h0)
@@ -149,7 +133,7 @@ class _LinearScan(torch.autograd.Function):
         #     gc_t = conj(dh_t) + a_next * gc_next,
         # in place in one buffer, so that no conjugate view of a or h is ever materialized.
         first, rest, a_next = (0, slice(1, None), slice(None, -1)) if reverse else (-1, slice(None, -1), slice(1, None))
-        gc = _empty(h.shape, h.dtype, h.device)
+        gc = torch.empty(h.shape, dtype=h.dtype, device=h.device)
         if h.is_complex():
             gc.copy_(dh.conj())
             dh = gc
@@ -168,7 +152,7 @@ class _LinearScan(torch.autograd.Function):
                     if h0 is not None:
                         torch.addcmul(grad_a[0, start], gc[i, start], h0[i], out=grad_a[0, start])
             else:
-                grad_a = _empty(gc.shape, gc.dtype, gc.device)
+                grad_a = torch.empty_like(gc)
                 torch.mul(gc[:, cur], h[:, prev], out=grad_a[:, cur])
                 if h0 is None:
                     grad_a[:, start].zero_()
