@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= dev,sweep,slurm
 BIN := $(VENV)/bin
 
-.PHONY: install train test test-fast bench clean
+.PHONY: install train test test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -42,7 +42,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def kernel_inputs(L: int, device: torch.device) -> list[torch.Tensor]:
+def kernel_inputs(device: torch.device) -> list[torch.Tensor]:
     """Lambda, P, B (H, ...) from DPLR-LegS, random C~ (1, H, N/2), dt log-uniform in [1e-3, 1e-1]."""
     g = torch.Generator().manual_seed(0)
     Lambda, P, B, _ = dplr("legs", N)
@@ -132,7 +132,7 @@ def benchmark_backends(lengths, device, repeats, max_elements) -> list[dict]:
     for L in lengths:
         for backend in ("naive", "chunked"):
             set_cauchy_backend(backend, max_elements=max_elements)
-            inputs = kernel_inputs(L, device)
+            inputs = kernel_inputs(device)
             if backend == "naive" and device.type == "cpu":
                 avail = available_bytes()
                 if avail is not None and naive_estimate(L) > 0.8 * avail:

@@ -77,34 +77,28 @@ def fwd_bwd(fn, a, b, w):
     return h.detach(), a.grad
 
 
-def timed(fn, a, b, w, repeat: int) -> float:
+def median_seconds(work, cuda: bool, repeat: int) -> float:
+    """Median wall seconds of work() over `repeat` runs, after one warm-up run."""
     def once():
-        if a.is_cuda:
+        if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        fwd_bwd(fn, a, b, w)
-        if a.is_cuda:
+        work()
+        if cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
     once()
     return statistics.median(once() for _ in range(repeat))
+
+
+def timed(fn, a, b, w, repeat: int) -> float:
+    return median_seconds(lambda: fwd_bwd(fn, a, b, w), a.is_cuda, repeat)
 
 
 def output_floor(a: torch.Tensor, repeat: int) -> float:
     """Seconds to allocate and first touch three tensors like `a` (the outputs h, dL/da, dL/db)."""
-    def once():
-        if a.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        outputs = [torch.empty_like(a).zero_() for _ in range(3)]
-        if a.is_cuda:
-            torch.cuda.synchronize()
-        del outputs
-        return time.perf_counter() - start
-
-    once()
-    return statistics.median(once() for _ in range(repeat))
+    return median_seconds(lambda: [torch.empty_like(a).zero_() for _ in range(3)], a.is_cuda, repeat)
 
 
 def channel_err(x: torch.Tensor, ref: torch.Tensor) -> float:

@@ -1,4 +1,4 @@
-"""Building the pieces of a run from a composed config: task, model, loggers, callbacks.
+"""Building the pieces of a run from a composed config: task, model, LightningModule, loggers, callbacks, trainer.
 
 Shared by `train` and `eval`, so a checkpoint is always rebuilt exactly as it was trained.
 """
@@ -7,18 +7,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ssmbench.data.base import SequenceDataModule
 from ssmbench.errors import UserError
+from ssmbench.lit import SequenceLitModule
 from ssmbench.wandb_setup import wandb_run_options
 
 
-def _instantiate(node: DictConfig, what: str, **kwargs):
+def instantiate_or_explain(node: DictConfig, what: str, **kwargs):
+    """hydra.utils.instantiate(node), or a one-line UserError `<what>: <cause>` when the config is wrong."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
@@ -28,7 +31,7 @@ def _instantiate(node: DictConfig, what: str, **kwargs):
 
 def build_task(cfg: DictConfig) -> SequenceDataModule:
     """The task's datamodule, with its data prepared and set up (so missing data fails before training)."""
-    dm = _instantiate(cfg.task, f"task {cfg.task.get('name')}")
+    dm = instantiate_or_explain(cfg.task, f"task {cfg.task.get('name')}")
     if not isinstance(dm, SequenceDataModule):
         raise UserError(f"task {cfg.task.name}: _target_ must be a SequenceDataModule, got {type(dm).__name__}")
     dm.prepare_data()
@@ -39,7 +42,7 @@ def build_task(cfg: DictConfig) -> SequenceDataModule:
 def build_model(cfg: DictConfig, dm: SequenceDataModule):
     """The model, checked against the task's requirements before any training starts."""
     model_name, task_name = cfg.model.get("name"), dm.name
-    net = _instantiate(cfg.model, f"model {model_name}")
+    net = instantiate_or_explain(cfg.model, f"model {model_name}")
     if dm.causal and not net.causal:
         raise UserError(
             f"model {model_name} is not causal (bidirectional={net.bidirectional}) but task {task_name} "
@@ -48,6 +51,25 @@ def build_model(cfg: DictConfig, dm: SequenceDataModule):
     if dm.paired and dm.target == "token":
         raise UserError(f"task {task_name}: paired inputs with token-level targets are not supported")
     return net
+
+
+def build_lit(cfg: DictConfig, net, dm) -> SequenceLitModule:
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    return SequenceLitModule(
+        net,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=scheduler,
+        n_classes=dm.n_classes,
+        config=OmegaConf.to_container(cfg, resolve=False),
+    )
+
+
+def build_modules(cfg: DictConfig) -> tuple:
+    """Seed everything with `cfg.seed`, then build (datamodule, model, LightningModule)."""
+    L.seed_everything(cfg.seed, workers=True)
+    dm = build_task(cfg)
+    net = build_model(cfg, dm)
+    return dm, net, build_lit(cfg, net, dm)
 
 
 def sweep_id() -> str | None:
@@ -62,14 +84,20 @@ def build_loggers(cfg: DictConfig, job_type: str) -> list:
         extra = {}
         if key == "wandb":
             extra = wandb_run_options(cfg.model.name, cfg.task.name, list(cfg.get("tags") or []), sweep_id(), job_type)
-        loggers.append(_instantiate(node, f"logger {key}", **extra))
+        loggers.append(instantiate_or_explain(node, f"logger {key}", **extra))
     return loggers
 
 
 def build_callbacks(cfg: DictConfig, only: tuple[str, ...] | None = None) -> dict:
     """The configured callbacks by name (all, or the names in `only`)."""
     nodes = cfg.get("callbacks") or {}
-    return {k: _instantiate(n, f"callback {k}") for k, n in nodes.items() if only is None or k in only}
+    return {k: instantiate_or_explain(n, f"callback {k}") for k, n in nodes.items() if only is None or k in only}
+
+
+def build_trainer(cfg: DictConfig, job_type: str, only: tuple[str, ...] | None = None) -> tuple[dict, L.Trainer]:
+    """The callbacks (`build_callbacks`) and the Trainer with them and the loggers of `job_type` (train, eval)."""
+    callbacks = build_callbacks(cfg, only)
+    return callbacks, instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=build_loggers(cfg, job_type))
 
 
 def count_parameters(net) -> dict:

@@ -11,6 +11,7 @@ import json
 import math
 
 from ssmbench.compare_table import Comparison
+from ssmbench.runinfo import jsonable
 
 LABELS = {
     "params": "params",
@@ -167,19 +168,9 @@ def _csv(value):
     return "" if value is None else repr(value) if isinstance(value, float) else value
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def render_json(comparison: Comparison, optuna: list[dict] = ()) -> str:
     """{"keys": [...], "metrics": [...], "sort": ..., "runs" | "groups": [...], "optuna": [...]}"""
     data = {"keys": comparison.keys, "metrics": comparison.metrics, "sort": comparison.sort}
     data["groups" if comparison.groups is not None else "runs"] = comparison.records()
     data["optuna"] = list(optuna)
-    return json.dumps(_json_safe(data), indent=2) + "\n"
+    return json.dumps(jsonable(data), indent=2) + "\n"

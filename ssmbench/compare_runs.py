@@ -19,6 +19,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -70,10 +71,14 @@ class Run:
         """Config keys set on the command line (without +/~/++ prefixes)."""
         return {o.split("=", 1)[0].lstrip("+~") for o in self.overrides if "=" in o}
 
+    @cached_property
+    def logged(self) -> list[dict]:
+        """The rows of csv/metrics.csv, read on first use and kept."""
+        return read_metrics_csv(self.path / "csv" / "metrics.csv")
+
     def curve(self, metric: str, x: str = "step") -> tuple[list[float], list[float]]:
         """The logged values of `metric` against `x` (step or epoch) from csv/metrics.csv."""
-        rows = read_metrics_csv(self.path / "csv" / "metrics.csv")
-        pairs = [(r[x], r[metric]) for r in rows if r.get(metric) is not None and r.get(x) is not None]
+        pairs = [(r[x], r[metric]) for r in self.logged if r.get(metric) is not None and r.get(x) is not None]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
@@ -108,7 +113,6 @@ def flatten_config(cfg: DictConfig) -> tuple[dict, set]:
     derived: set = set()
 
     def visit(node, prefix: str) -> None:
-        raw = OmegaConf.to_container(node, resolve=False)
         keys = range(len(node)) if isinstance(node, ListConfig) else list(node.keys())
         for key in keys:
             name = f"{prefix}{key}"
@@ -117,7 +121,7 @@ def flatten_config(cfg: DictConfig) -> tuple[dict, set]:
             try:
                 value = node[key]
             except Exception:
-                value = raw[key]
+                value = OmegaConf.to_container(node, resolve=False)[key]
             if isinstance(value, DictConfig):
                 visit(value, name + ".")
             elif isinstance(value, ListConfig):
@@ -162,7 +166,7 @@ def read_run(path: Path, name: str) -> Run:
             run.results = {"error": f"results.json: {e}"}
     run.metrics = dict(run.results.get("metrics") or {})
     if run.status != "completed" and not run.metrics:
-        run.metrics = last_logged(read_metrics_csv(csv_path))
+        run.metrics = last_logged(run.logged)
         run.partial = set(run.metrics)
     for key in RESULT_FIELDS:
         if isinstance(run.results.get(key), (int, float)):

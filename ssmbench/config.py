@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -30,20 +31,13 @@ def config_groups(root: Path | None = None) -> dict[str, list[str]]:
     return groups
 
 
-def _product(*xs):
-    out = 1
-    for x in xs:
-        out *= x
-    return out
-
-
 def register_resolvers() -> None:
     """`${add:a,b,...}` and `${mul:a,b,...}`: the sum and the product of numbers, for task metadata
     derived from other keys (vocab_size = n_symbols + 2, seq_len = resolution * resolution)."""
     if not OmegaConf.has_resolver("add"):
         OmegaConf.register_new_resolver("add", lambda *xs: sum(xs))
     if not OmegaConf.has_resolver("mul"):
-        OmegaConf.register_new_resolver("mul", _product)
+        OmegaConf.register_new_resolver("mul", lambda *xs: math.prod(xs))
 
 
 def print_config_tree(cfg: DictConfig, order: tuple[str, ...] = ("task", "model", "trainer", "optimizer", "scheduler")) -> None:

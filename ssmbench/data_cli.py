@@ -45,20 +45,14 @@ def compose_config(overrides: list[str]):
 
 def compose_task(task: str, data_dir: str | None, overrides: list[str] = ()):
     """The datamodule of conf/task/<task>.yaml (not yet prepared), with paths.data_dir = data_dir if given."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
+    from ssmbench.build import instantiate_or_explain
     from ssmbench.config import config_groups
 
     tasks = config_groups()["task"]
     if task not in tasks:
         raise UserError(f"unknown task {task!r}; tasks: {', '.join(tasks)}")
     cfg = compose_config([f"task={task}", *([f"paths.data_dir={data_dir}"] if data_dir else []), *overrides])
-    try:
-        return instantiate(cfg.task)
-    except InstantiationException as e:
-        cause = e.__cause__ or e
-        raise UserError(f"task {task}: {type(cause).__name__}: {cause}".replace("\n", " ")) from e
+    return instantiate_or_explain(cfg.task, f"task {task}")
 
 
 def resolved_data_dir(data_dir: str | None) -> Path:

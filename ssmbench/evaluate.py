@@ -11,16 +11,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ssmbench.build import build_callbacks, build_loggers, build_model, build_task, count_parameters
+from ssmbench.build import build_modules, build_trainer, count_parameters
 from ssmbench.errors import UserError
 from ssmbench.runinfo import git_commit, write_results
-from ssmbench.train import build_lit
 from ssmbench.wandb_setup import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -62,13 +59,9 @@ def evaluate(cfg: DictConfig, command: str) -> dict:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        L.seed_everything(run_cfg.seed, workers=True)
-        dm = build_task(run_cfg)
-        net = build_model(run_cfg, dm)
-        lit = build_lit(run_cfg, net, dm)
+        dm, net, lit = build_modules(run_cfg)
         lit.load_state_dict(ckpt["state_dict"])
-        callbacks = build_callbacks(run_cfg, only=("progress_bar",))
-        trainer: L.Trainer = instantiate(run_cfg.trainer, callbacks=list(callbacks.values()), logger=build_loggers(run_cfg, "eval"))
+        _, trainer = build_trainer(run_cfg, "eval", only=("progress_bar",))
         metrics = trainer.test(lit, datamodule=dm)[0]
     finally:
         finish_wandb()

@@ -45,6 +45,7 @@ class SequenceLitModule(L.LightningModule):
         )
         self.mean_loss = torch.nn.ModuleDict({f"{split}_loss": MeanMetric() for split in ("train", "val", "test")})
         self.val_acc_best = MaxMetric()
+        self._metric_modules: list[torch.nn.Module] | None = None
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(x, lengths=lengths)
@@ -68,13 +69,16 @@ class SequenceLitModule(L.LightningModule):
         return loss
 
     def _mixer_metrics(self) -> dict[str, float]:
-        """Mean over layers of the `metrics` dicts that mixers fill during forward (e.g. Newton iterations)."""
+        """Mean over layers of the `metrics` dicts that mixers fill during forward (e.g. Newton iterations).
+        The modules that have one are found once, at the first training step (a walk over every module)."""
+        if self._metric_modules is None:
+            self._metric_modules = [
+                m for m in self.net.modules() if m is not self.net and isinstance(getattr(m, "metrics", None), dict)
+            ]
         sums: dict[str, list[float]] = {}
-        for module in self.net.modules():
-            found = getattr(module, "metrics", None)
-            if isinstance(found, dict) and module is not self.net:
-                for k, v in found.items():
-                    sums.setdefault(k, []).append(float(v))
+        for module in self._metric_modules:
+            for k, v in module.metrics.items():
+                sums.setdefault(k, []).append(float(v))
         return {k: sum(v) / len(v) for k, v in sums.items()}
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:

@@ -33,15 +33,16 @@ def command_line(argv: list[str] | None = None) -> str:
     return shlex.join(["ssmbench", *argv[1:]])
 
 
-def _jsonable(value):
+def jsonable(value):
+    """`value` with tensors and numpy scalars as Python numbers and non-finite floats as None (valid JSON)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if hasattr(value, "item"):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     return value
 
 
@@ -49,5 +50,5 @@ def write_results(path: Path, results: dict) -> None:
     """Write results.json atomically (a reader never sees half a file)."""
     path = Path(path)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_jsonable(results), indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(jsonable(results), indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)

@@ -19,28 +19,15 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ssmbench.build import build_callbacks, build_loggers, build_model, build_task, count_parameters
+from ssmbench.build import build_lit, build_modules, build_trainer, count_parameters  # noqa: F401 (ssmbench.train.build_lit)
 from ssmbench.config import print_config_tree
-from ssmbench.lit import SequenceLitModule
 from ssmbench.runinfo import git_commit, write_results
 from ssmbench.wandb_setup import finish_wandb
 
 log = logging.getLogger(__name__)
-
-
-def build_lit(cfg: DictConfig, net, dm) -> SequenceLitModule:
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    return SequenceLitModule(
-        net,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=scheduler,
-        n_classes=dm.n_classes,
-        config=OmegaConf.to_container(cfg, resolve=False),
-    )
 
 
 # Set by Lightning's DDP launcher in the launching process; while LOCAL_RANK is set, Lightning
@@ -96,13 +83,9 @@ def train(cfg: DictConfig, command: str, replay: str) -> float | None:
     start = time.time()
     env_before = {key: os.environ.get(key) for key in DDP_ENV}
     try:
-        L.seed_everything(cfg.seed, workers=True)
-        dm = build_task(cfg)
-        net = build_model(cfg, dm)
-        lit = build_lit(cfg, net, dm)
+        dm, net, lit = build_modules(cfg)
         results.update(count_parameters(net))
-        callbacks = build_callbacks(cfg)
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=build_loggers(cfg, "train"))
+        callbacks, trainer = build_trainer(cfg, "train")
         trainer.fit(lit, datamodule=dm, ckpt_path=resume_from(cfg, out))
         fit_metrics = _metrics(trainer)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -1,4 +1,5 @@
-"""Running the `ssmbench` command line from tests, in a subprocess, on the source tree under test."""
+"""Running the `ssmbench` command line from tests, in a subprocess, on the source tree under test; and
+small steps several test files share (stepping a recurrent mixer, preparing a data module)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,21 @@ def train(run_dir: str | Path, *overrides: str, timeout: float = 900) -> dict:
     proc = run_cli("train", f"hydra.run.dir={run_dir}", "logger=csv", *overrides, timeout=timeout)
     assert proc.returncode == 0, f"train failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return json.loads((run_dir / "results.json").read_text())
+
+
+def step_outputs(mixer, x, state):
+    """`mixer.step` over x: (B, L, D) one position at a time from `state`; the outputs stacked to (B, L, D)."""
+    import torch
+
+    ys = []
+    for x_t in x.unbind(1):
+        y_t, state = mixer.step(x_t, state)
+        ys.append(y_t)
+    return torch.stack(ys, 1)
+
+
+def ready(dm):
+    """`dm` after prepare_data() and setup()."""
+    dm.prepare_data()
+    dm.setup()
+    return dm

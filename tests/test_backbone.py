@@ -6,6 +6,7 @@ import torch
 from ssmbench.models.backbone import SequenceModel
 from ssmbench.models.gru import GRUMixer
 from ssmbench.models.transformer import AttentionMixer
+from tests.helpers import step_outputs
 
 
 def model(mixer=partial(GRUMixer), **kw):
@@ -74,11 +75,7 @@ def test_gru_mixer_step_equals_forward():
     mixer = GRUMixer(d_model=8, num_layers=2)
     x = torch.randn(3, 9, 8)
     state = mixer.initial_state(3)
-    steps = []
-    for x_t in x.unbind(1):
-        y_t, state = mixer.step(x_t, state)
-        steps.append(y_t)
-    torch.testing.assert_close(torch.stack(steps, 1), mixer(x), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(step_outputs(mixer, x, state), mixer(x), atol=1e-6, rtol=1e-5)
 
 
 def test_bad_options_name_the_key():

@@ -8,6 +8,7 @@ from ssmbench.data.base import TaskDataError
 from ssmbench.data.images import ImageSequenceDataModule, bitreversal_permutation
 from ssmbench.data.splits import split_indices
 from ssmbench.data.storage import cache_files
+from tests.helpers import ready
 from tests.task_fixtures import MNIST_SIZES, write_cifar10, write_mnist
 
 
@@ -24,12 +25,6 @@ def cifar_task(data_dir, grayscale=False, **kw):
                 d_input=1 if grayscale else 3, seq_len=1024, n_classes=10, data_dir=data_dir, download=False)
     args.update(kw)
     return ImageSequenceDataModule(**args)
-
-
-def ready(dm):
-    dm.prepare_data()
-    dm.setup()
-    return dm
 
 
 def test_smnist_pixels_in_raster_order_normalized_with_a_fixed_validation_split(tmp_path):

@@ -11,6 +11,7 @@ from ssmbench.data.base import TaskDataError
 from ssmbench.data.lra.listops import VOCAB, ListOpsDataModule
 from ssmbench.data.lra.listops_generator import generate_listops, random_tree, write_listops
 from ssmbench.data.lra.release import GENERATED_MARKER
+from tests.helpers import ready
 from tests.task_fixtures import LISTOPS_SIZES, listops_text, listops_value
 from tests.task_fixtures import write_listops as write_listops_fixture
 
@@ -108,10 +109,7 @@ def test_text_format_matches_the_release_bracketing():
 def listops_task(data_dir, **kw):
     args = dict(name="listops", vocab_size=16, n_classes=10, seq_len=256, data_dir=data_dir, batch_size=3)
     args.update(kw)
-    dm = ListOpsDataModule(**args)
-    dm.prepare_data()
-    dm.setup()
-    return dm
+    return ready(ListOpsDataModule(**args))
 
 
 def test_loader_tokens_padding_lengths_and_splits(tmp_path):

@@ -11,6 +11,7 @@ from ssmbench.data.base import TaskDataError
 from ssmbench.data.lra.pathfinder import PathfinderDataModule
 from ssmbench.data.lra.pathfinder_generator import generate_pathfinder
 from ssmbench.data.splits import split_indices
+from tests.helpers import ready
 from tests.task_fixtures import PATHFINDER_IMAGES, write_pathfinder_release
 
 
@@ -18,10 +19,7 @@ def pathfinder_task(data_dir, resolution=32, **kw):
     args = dict(name="pathfinder", resolution=resolution, difficulty="14", d_input=1, seq_len=resolution**2,
                 n_classes=2, data_dir=data_dir, batch_size=4)
     args.update(kw)
-    dm = PathfinderDataModule(**args)
-    dm.prepare_data()
-    dm.setup()
-    return dm
+    return ready(PathfinderDataModule(**args))
 
 
 def all_examples(dm):

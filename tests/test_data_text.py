@@ -8,13 +8,8 @@ from ssmbench.data.lra.retrieval import RetrievalDataModule
 from ssmbench.data.lra.text import TextDataModule
 from ssmbench.data.splits import split_indices
 from ssmbench.data.storage import cache_files
+from tests.helpers import ready
 from tests.task_fixtures import AAN_SIZES, IMDB_SIZES, write_aan, write_imdb
-
-
-def ready(dm):
-    dm.prepare_data()
-    dm.setup()
-    return dm
 
 
 def text_task(data_dir, **kw):

@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from ssmbench.core.delta_rule import delta_rule_chunkwise
 from ssmbench.models.deltanet import DeltaNetMixer, ShortConv
 from tests.compose import composed
-from tests.helpers import train
+from tests.helpers import step_outputs, train
 
 
 @pytest.mark.parametrize("use_short_conv", [True, False], ids=["conv", "noconv"])
@@ -20,11 +20,7 @@ def test_step_equals_parallel_forward(use_short_conv, use_gate):
     x = torch.randn(3, 29, 16, dtype=torch.float64)
     state = mixer.initial_state(3)
     assert state["S"].dtype == torch.float64 and ("conv_q" in state) == use_short_conv
-    steps = []
-    for x_t in x.unbind(1):
-        y_t, state = mixer.step(x_t, state)
-        steps.append(y_t)
-    torch.testing.assert_close(torch.stack(steps, 1), mixer(x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(step_outputs(mixer, x, state), mixer(x), rtol=1e-10, atol=1e-10)
 
 
 def test_step_state_continues_the_parallel_forward():

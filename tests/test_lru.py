@@ -8,7 +8,7 @@ import torch
 
 from ssmbench.models.lru import LRU, LRUMixer, ring_init
 from ssmbench.optim import param_groups
-from tests.helpers import train
+from tests.helpers import step_outputs, train
 
 
 def test_ring_init_lies_on_the_ring_with_uniform_squared_modulus():
@@ -77,11 +77,7 @@ def test_step_equals_parallel_forward(glu):
     u = torch.randn(3, 100, 8, dtype=torch.float64)
     state = mixer.initial_state(3, dtype=torch.float64)
     assert state.shape == (3, 16) and state.dtype == torch.complex128
-    ys = []
-    for u_t in u.unbind(1):
-        y_t, state = mixer.step(u_t, state)
-        ys.append(y_t)
-    torch.testing.assert_close(torch.stack(ys, 1), mixer(u), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(step_outputs(mixer, u, state), mixer(u), rtol=1e-10, atol=1e-10)
 
 
 def test_float32_step_equals_parallel_forward():
@@ -89,12 +85,8 @@ def test_float32_step_equals_parallel_forward():
     mixer = LRUMixer(d_model=16, d_state=32, r_min=0.9, r_max=0.999).eval()
     u = torch.randn(2, 120, 16)
     state = mixer.initial_state(2)
-    ys = []
     with torch.no_grad():
-        for u_t in u.unbind(1):
-            y_t, state = mixer.step(u_t, state)
-            ys.append(y_t)
-        torch.testing.assert_close(torch.stack(ys, 1), mixer(u), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(step_outputs(mixer, u, state), mixer(u), rtol=1e-4, atol=1e-5)
 
 
 def test_gradients_reach_every_parameter():

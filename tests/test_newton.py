@@ -73,6 +73,14 @@ def _grads(fn, cell, x, h0, weight):
     return [x.grad, h0.grad] + [p.grad.clone() for p in cell.parameters()]
 
 
+def _assert_gradients_match_rollout(solve, cell, x, h0, weight):
+    """The gradients through `solve` equal backpropagation through the sequential rollout."""
+    fast = _grads(solve, cell, x, h0, weight)
+    slow = _grads(sequential_rollout, cell, x, h0, weight)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
 @pytest.mark.parametrize("length", [1, 7, 1000])
 @pytest.mark.parametrize("kind,jacobian", EXACT + [("elman", "diag"), ("gru", "diag")])
 def test_gradients_equal_backprop_through_the_loop(kind, jacobian, length):
@@ -80,10 +88,8 @@ def test_gradients_equal_backprop_through_the_loop(kind, jacobian, length):
     cell = _cell(kind)
     x, h0 = _data(2, length, seed=2)
     weight = torch.randn(2, length, D, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    fast = _grads(lambda c, xx, hh: newton_solve(c, xx, hh, jacobian=jacobian, max_iter=200)[0], cell, x, h0, weight)
-    slow = _grads(sequential_rollout, cell, x, h0, weight)
-    for a, b in zip(fast, slow):
-        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    solve = lambda c, xx, hh: newton_solve(c, xx, hh, jacobian=jacobian, max_iter=200)[0]  # noqa: E731
+    _assert_gradients_match_rollout(solve, cell, x, h0, weight)
 
 
 def test_diagonal_adjoint_of_a_dense_cell_is_an_approximation():
@@ -160,10 +166,7 @@ def test_fallback_keeps_implicit_gradients():
     cell = _cell("diag_gru")
     x, h0 = _data(2, 40, seed=11)
     weight = torch.randn(2, 40, D, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
-    fast = _grads(lambda c, xx, hh: newton_solve(c, xx, hh, max_iter=1)[0], cell, x, h0, weight)
-    slow = _grads(sequential_rollout, cell, x, h0, weight)
-    for a, b in zip(fast, slow):
-        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    _assert_gradients_match_rollout(lambda c, xx, hh: newton_solve(c, xx, hh, max_iter=1)[0], cell, x, h0, weight)
 
 
 def test_non_finite_input_is_an_error():
@@ -262,10 +265,7 @@ def test_a_cell_without_analytic_jacobian():
     weight = torch.randn(2, 25, D, dtype=torch.float64)
     for jacobian in ("diag", "full"):
         solve = lambda c, xx, hh: newton_solve(c, xx, hh, jacobian=jacobian, max_iter=100)[0]  # noqa: E731
-        fast = _grads(solve, cell, x, h0, weight)
-        slow = _grads(sequential_rollout, cell, x, h0, weight)
-        for a, b in zip(fast, slow):
-            torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+        _assert_gradients_match_rollout(solve, cell, x, h0, weight)
 
 
 def test_bad_arguments_are_clear_errors():
@@ -306,10 +306,8 @@ def test_cell_evaluated_in_row_blocks_equals_whole(monkeypatch, kind, jacobian):
     torch.testing.assert_close(h, whole, rtol=0, atol=1e-12)
     assert info["iterations"] == whole_info["iterations"]
     assert info["residual"] == pytest.approx(whole_info["residual"], abs=1e-14)
-    fast = _grads(lambda c, xx, hh: newton_solve(c, xx, hh, jacobian=jacobian, max_iter=200)[0], cell, x, h0, weight)
-    slow = _grads(sequential_rollout, cell, x, h0, weight)
-    for a, b in zip(fast, slow):
-        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    solve = lambda c, xx, hh: newton_solve(c, xx, hh, jacobian=jacobian, max_iter=200)[0]  # noqa: E731
+    _assert_gradients_match_rollout(solve, cell, x, h0, weight)
 
 
 def test_convergence_check_decides_as_its_definition():

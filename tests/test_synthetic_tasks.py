@@ -15,6 +15,13 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+def set_up(*dms):
+    """The data modules after setup(), in order."""
+    for dm in dms:
+        dm.setup()
+    return dms
+
+
 # ---------------------------------------------------------------- selective copy
 
 
@@ -48,9 +55,7 @@ def sc_dm(**kw):
 
 
 def test_selective_copy_determinism_and_errors():
-    a, b, c = sc_dm(), sc_dm(), sc_dm(seed=4)
-    for dm in (a, b, c):
-        dm.setup()
+    a, b, c = set_up(sc_dm(), sc_dm(), sc_dm(seed=4))
     assert torch.equal(a.train_set.tensors[0], b.train_set.tensors[0])
     assert torch.equal(a.test_set.tensors[1], b.test_set.tensors[1])
     assert not torch.equal(a.train_set.tensors[0][:10], a.val_set.tensors[0])
@@ -118,9 +123,7 @@ def mq_dm(**kw):
 
 
 def test_mqar_determinism_and_errors():
-    a, b, c = mq_dm(), mq_dm(), mq_dm(seed=4)
-    for dm in (a, b, c):
-        dm.setup()
+    a, b, c = set_up(mq_dm(), mq_dm(), mq_dm(seed=4))
     assert torch.equal(a.train_set.tensors[0], b.train_set.tensors[0])
     assert not torch.equal(a.train_set.tensors[0][:10], a.val_set.tensors[0])
     assert not torch.equal(a.train_set.tensors[0], c.train_set.tensors[0])
@@ -161,9 +164,7 @@ def ind_dm(**kw):
 
 
 def test_induction_determinism_and_errors():
-    a, b, c = ind_dm(), ind_dm(), ind_dm(seed=4)
-    for dm in (a, b, c):
-        dm.setup()
+    a, b, c = set_up(ind_dm(), ind_dm(), ind_dm(seed=4))
     assert torch.equal(a.train_set.tensors[0], b.train_set.tensors[0])
     assert not torch.equal(a.train_set.tensors[0], c.train_set.tensors[0])
     with pytest.raises(ValueError, match="vocab_size must be n_symbols \\+ 1"):

@@ -444,7 +444,7 @@ class _ImplicitSolve(torch.autograd.Function):
         with torch.enable_grad():
             x_ = x.detach().requires_grad_(needs[0])
             h0_ = h0.detach().requires_grad_(needs[1])
-            value = spec.cell(torch.cat([h0_.unsqueeze(1), h[:, :-1]], dim=1), x_)
+            value = spec.cell(_shift(h, h0_), x_)
             wanted = [t for t, need in zip([x_, h0_, *params], needs[:2] + needs[3:]) if need]
             found = iter(torch.autograd.grad(value, wanted, lam, allow_unused=True) if wanted else ())
         grads = [next(found) if need else None for need in needs[:2] + needs[3:]]

@@ -105,12 +105,6 @@ def _scan_into(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, revers
         _sequential_into(a[:, tail], b[:, tail], boundary, reverse, out[:, tail])
 
 
-def _sum_to(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Sum the broadcast dimensions of x away so that it has `shape` (same number of dimensions)."""
-    dims = tuple(i for i, (n, m) in enumerate(zip(x.shape, shape)) if m == 1 and n != 1)
-    return x.sum(dim=dims, keepdim=True) if dims else x
-
-
 class _LinearScan(torch.autograd.Function):
     """h = scan(a, b, h0) with the adjoint scan as its backward; a: (Ba, L, Da), b: (B, L, D), h0: (B, D)."""
 
@@ -158,7 +152,7 @@ class _LinearScan(torch.autograd.Function):
                     grad_a[:, start].zero_()
                 else:
                     torch.mul(gc[:, start], h0, out=grad_a[:, start])
-            grad_a = _sum_to(grad_a, a.shape).conj_physical_()
+            grad_a = grad_a.sum_to_size(a.shape).conj_physical_()
         g = gc.conj_physical_()
         grad_h0 = None
         if h0 is not None and ctx.needs_input_grad[2]:

@@ -55,16 +55,18 @@ def c_from_ct(Ct: torch.Tensor, Ab: torch.Tensor, L: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _roots_of_unity(L: int, n: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """omega_k = exp(-2 pi i k / L), k < n, as (s_k = (1 - omega_k) / (1 + omega_k), 1 / (1 + omega_k)).
-    Constants, cached per (L, n, dtype, device): a training step neither recomputes nor copies them.
+def _roots_of_unity(L: int, conj_sym: bool, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """omega_k = exp(-2 pi i k / L), k < n (n = L // 2 + 1 if conj_sym else L), as the Cauchy nodes
+    s_k = (1 - omega_k) / (1 + omega_k) (conj_sym: followed by their conjugates, (2n,)) and 1 / (1 + omega_k) (n,).
+    Constants, cached per (L, conj_sym, dtype, device): a training step neither recomputes nor copies them.
 
     Computed in float64: for k = L/2, 1 + omega_k = -i sin(fl(pi)) ~ 1e-16 i is tiny but never zero
     (pi is not a float), and the two factors cancel to working precision in the generating function.
     """
+    n = L // 2 + 1 if conj_sym else L
     omega = torch.polar(torch.ones(n, dtype=torch.float64), -2 * math.pi / L * torch.arange(n, dtype=torch.float64))
-    s = (1 - omega) / (1 + omega)
-    return s.to(device=device, dtype=dtype), (1 / (1 + omega)).to(device=device, dtype=dtype)
+    s = ((1 - omega) / (1 + omega)).to(device=device, dtype=dtype)
+    return torch.cat([s, s.conj()]) if conj_sym else s, (1 / (1 + omega)).to(device=device, dtype=dtype)
 
 
 def kernel_dplr(
@@ -113,13 +115,11 @@ def kernel_dplr(
     v = (left[..., :, None, :] * right[..., None, :, :]).to(cdtype)   # (..., 1+r, 1+r, N)
     w = (dt / 2 * Lambda).to(cdtype)[..., None, None, :]                # (..., 1, 1, N)
 
-    n_nodes = L // 2 + 1 if conj_sym else L
-    s, inv_one_plus = _roots_of_unity(L, n_nodes, cdtype, torch.device(Lambda.device))
+    nodes, inv_one_plus = _roots_of_unity(L, conj_sym, cdtype, Lambda.device)
+    k = cauchy(v, nodes, w)                                            # (..., 1+r, 1+r, n or 2n)
     if conj_sym:
-        both = cauchy(v, torch.cat([s, s.conj()]), w)
-        k = both[..., :n_nodes] + both[..., n_nodes:].conj()
-    else:
-        k = cauchy(v, s, w)                                            # (..., 1+r, 1+r, n)
+        n_nodes = inv_one_plus.shape[-1]
+        k = k[..., :n_nodes] + k[..., n_nodes:].conj()
 
     k00, k01, k10, k11 = k[..., 0, 0, :], k[..., 0, 1:, :], k[..., 1:, 0, :], k[..., 1:, 1:, :]
     if rank == 1:

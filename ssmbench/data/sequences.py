@@ -88,12 +88,13 @@ def ragged(sequences: Sequence[Sequence[int]] | Sequence[bytes],
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
     offsets = torch.zeros(len(sequences) + 1, dtype=torch.long)
     offsets[1:] = torch.cumsum(lengths, 0)
-    if dtype == torch.uint8:
-        flat = torch.frombuffer(bytearray(b"".join(bytes(s) for s in sequences)), dtype=torch.uint8) \
-            if offsets[-1] > 0 else torch.zeros(0, dtype=torch.uint8)
+    if offsets[-1] == 0:
+        flat = torch.zeros(0, dtype=dtype)
+    elif dtype == torch.uint8:  # the bytes joined once into a buffer the tensor owns (no further copies)
+        flat = torch.frombuffer(bytearray().join(bytes(s) for s in sequences), dtype=torch.uint8)
     else:
         flat = torch.tensor([t for s in sequences for t in s], dtype=dtype)
-    return flat.clone(), offsets
+    return flat, offsets
 
 
 def take(tokens: torch.Tensor, offsets: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,8 @@ the layer is then not causal and has no `step()`.
 Recurrent inference (causal layer): `initial_state` / `step` run x_k = Ab x_{k-1} + Bb u_k,
 y_k = C x_k + D u_k with the same outputs as the convolution. For "dplr" the step uses the full
 N-dimensional state (both conjugate halves, since P P^* couples them) and the Woodbury form of `core.discretize.bilinear_dplr` (O(N) per step); C is
-recovered from C~ once (a dense solve, cached until the parameters change).
+recovered from C~ once (a dense solve, cached until the parameters change). With gradients off
+(validation, test, generation) the convolution kernel is cached the same way.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class S4Mixer(nn.Module):
         self.D = nn.Parameter(torch.randn(H))
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(H, 2 * H)
-        self._recurrence_cache: tuple | None = None
+        self._cache: dict[str, tuple] = {}
 
     @staticmethod
     def _ssm(value: torch.Tensor, ssm_lr: float) -> nn.Parameter:
@@ -177,7 +178,8 @@ class S4Mixer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, H) -> (B, L, H) by convolution with the SSM kernel."""
         u = x.transpose(1, 2)
-        K = self.ssm_kernel(u.shape[-1])
+        L = u.shape[-1]
+        K = self._cached("kernel", lambda: self.ssm_kernel(L), L)
         uk = u.to(K.dtype)
         y = bidirectional_conv(uk, K[0], K[1]) if self.bidirectional else causal_conv(uk, K[0])
         y = (y + self.D.to(K.dtype)[:, None] * uk).to(x.dtype)
@@ -203,14 +205,21 @@ class S4Mixer(nn.Module):
         cast = lambda M: tuple(t.to(cdtype) for t in M)  # noqa: E731
         return {"A0": cast(A0), "A1": cast(A1), "Bb": Bb.to(cdtype), "C": C.to(cdtype)}
 
+    def _cached(self, name: str, compute, *extra):
+        """compute(), kept under `name` while the parameters (and `extra`) are unchanged and gradients
+        are off. With gradients on, the parameters are about to change: the cache is dropped."""
+        if torch.is_grad_enabled():
+            self._cache.clear()
+            return compute()
+        key = (*extra, *((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters()))
+        hit = self._cache.get(name)
+        if hit is None or hit[0] != key:
+            hit = self._cache[name] = (key, compute())
+        return hit[1]
+
     def recurrence(self) -> dict:
         """`_recurrence()`, cached while the parameters are unchanged (and gradients are off)."""
-        if torch.is_grad_enabled():
-            return self._recurrence()
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
-        if self._recurrence_cache is None or self._recurrence_cache[0] != key:
-            self._recurrence_cache = (key, self._recurrence())
-        return self._recurrence_cache[1]
+        return self._cached("recurrence", self._recurrence)
 
     def _require_causal(self) -> None:
         if self.bidirectional:

@@ -28,6 +28,7 @@ VOCAB = ("<pad>", *(str(d) for d in range(10)), "[MIN", "[MAX", "[MED", "[SM", "
 TOKEN_IDS = {token: i for i, token in enumerate(VOCAB)}
 OPERATOR_IDS = {TOKEN_IDS[op] for op in ("[MIN", "[MAX", "[MED", "[SM")}
 BRACKETS = {"(", ")"}
+DIGITS = frozenset(VOCAB[1:11])  # "0" .. "9"
 SPLITS = ("train", "val", "test")
 
 
@@ -57,7 +58,7 @@ def read_listops_tsv(path: Path) -> tuple[list[list[int]], list[int]]:
             if not tokens or n_ops != tokens.count(TOKEN_IDS["]"]):
                 raise corrupt_file(path, f"line {line}: unbalanced expression ({n_ops} operators, "
                                          f"{tokens.count(TOKEN_IDS[']'])} closing brackets)")
-            if row[1] not in {str(d) for d in range(10)}:
+            if row[1] not in DIGITS:
                 raise corrupt_file(path, f"line {line}: Target {row[1]!r} is not a digit 0-9")
             sources.append(tokens)
             targets.append(int(row[1]))

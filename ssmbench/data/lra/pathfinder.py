@@ -23,6 +23,7 @@ import torch
 
 from ssmbench.data.base import DataStatus, SequenceDataModule
 from ssmbench.data.images import decode_image
+from ssmbench.data.lra.pathfinder_generator import DIFFICULTY_DIRS as DIFFICULTIES
 from ssmbench.data.lra.release import candidate_roots, download_hint, find_root, looked_for, source_label
 from ssmbench.data.sequences import PixelSequences
 from ssmbench.data.splits import split_indices
@@ -31,7 +32,6 @@ from ssmbench.data.storage import (TensorCache, cache_files, corrupt_file, finge
 
 log = logging.getLogger(__name__)
 
-DIFFICULTIES = {"baseline": "curv_baseline", "9": "curv_contour_length_9", "14": "curv_contour_length_14"}
 RESOLUTIONS = (32, 64, 128, 256)
 KNOWN_EMPTY = {"pathfinder32/curv_baseline/imgs/0/sample_172.png"}
 
@@ -86,24 +86,25 @@ class PathfinderDataModule(SequenceDataModule):
         self.root = resolve_data_dir(self.data_dir)
         self.subdir = f"pathfinder{resolution}/{DIFFICULTIES[difficulty]}"
 
-    def _difficulty_dir(self) -> tuple[Path, Path]:
-        """(the release root, its difficulty directory), or TaskDataError saying how to get them."""
+    def _difficulty_dir(self) -> tuple[Path, Path, list[Path]]:
+        """(the release root, its difficulty directory, its metadata files), or TaskDataError saying how to get them."""
         needed = [f"{self.subdir}/metadata"]
         found = find_root(self.root, self.root_option, needed)
-        if found is None or not metadata_files(found / self.subdir):
+        metadata = [] if found is None else metadata_files(found / self.subdir)
+        if not metadata:
             raise missing_data(
                 self.name, looked_for(self.root, self.root_option, f"{self.subdir}/metadata/<b>.npy"),
                 f"{download_hint(self.root)}, or generate it with `ssmbench data generate pathfinder --resolution "
                 f"{self.resolution} --difficulty {self.difficulty} --data-dir {self.root}`",
             )
-        return found, found / self.subdir
+        return found, found / self.subdir, metadata
 
-    def _cache(self, difficulty_dir: Path) -> TensorCache:
-        key = {"difficulty": self.difficulty, "files": fingerprint(metadata_files(difficulty_dir), self.root)}
+    def _cache(self, metadata: list[Path]) -> TensorCache:
+        key = {"difficulty": self.difficulty, "files": fingerprint(metadata, self.root)}
         return TensorCache(self.root, f"pathfinder{self.resolution}", key)
 
-    def _decode(self, release: Path, difficulty_dir: Path) -> dict[str, torch.Tensor]:
-        samples = [s for f in metadata_files(difficulty_dir) for s in read_metadata(f, difficulty_dir)]
+    def _decode(self, release: Path, difficulty_dir: Path, metadata: list[Path]) -> dict[str, torch.Tensor]:
+        samples = [s for f in metadata for s in read_metadata(f, difficulty_dir)]
         size = (self.resolution, self.resolution)
         images, labels = [], []
         for path, label in progress(samples, f"pathfinder{self.resolution} {self.difficulty}: decoding images"):
@@ -120,14 +121,14 @@ class PathfinderDataModule(SequenceDataModule):
         return {"pixels": pixels, "labels": torch.tensor(labels, dtype=torch.long)}
 
     def prepare_data(self) -> None:
-        release, difficulty_dir = self._difficulty_dir()
-        cache = self._cache(difficulty_dir)
+        release, difficulty_dir, metadata = self._difficulty_dir()
+        cache = self._cache(metadata)
         if not cache.exists():
-            cache.get(lambda: self._decode(release, difficulty_dir))
+            cache.get(lambda: self._decode(release, difficulty_dir, metadata))
 
     def load_splits(self) -> tuple[PixelSequences, PixelSequences, PixelSequences]:
-        release, difficulty_dir = self._difficulty_dir()
-        t = self._cache(difficulty_dir).get(lambda: self._decode(release, difficulty_dir))
+        release, difficulty_dir, metadata = self._difficulty_dir()
+        t = self._cache(metadata).get(lambda: self._decode(release, difficulty_dir, metadata))
         parts = split_indices(len(t["labels"]), self.fractions, self.split_seed)
         return tuple(PixelSequences(t["pixels"], t["labels"], self.mean, self.std, index=i) for i in parts)
 

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ssmbench.data.base import IGNORE_INDEX, SequenceDataModule
+from ssmbench.data.synthetic import draw_splits
 
 
 def copy_examples(
@@ -45,7 +46,5 @@ class CopyDataModule(SequenceDataModule):
         self.sizes = (n_train, n_val, n_test)
 
     def load_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
-        generator = torch.Generator().manual_seed(self.seed)
-        return tuple(
-            TensorDataset(*copy_examples(n, self.seq_len, self.n_symbols, self.n_copy, generator)) for n in self.sizes
-        )
+        return draw_splits(self.sizes, self.seed,
+                           lambda n, g: copy_examples(n, self.seq_len, self.n_symbols, self.n_copy, g))

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ssmbench.data.base import IGNORE_INDEX, SequenceDataModule
+from ssmbench.data.synthetic import draw_splits
 
 
 def induction_examples(
@@ -55,7 +56,4 @@ class InductionDataModule(SequenceDataModule):
         self.sizes = (n_train, n_val, n_test)
 
     def load_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
-        generator = torch.Generator().manual_seed(self.seed)
-        return tuple(
-            TensorDataset(*induction_examples(n, self.seq_len, self.n_symbols, generator)) for n in self.sizes
-        )
+        return draw_splits(self.sizes, self.seed, lambda n, g: induction_examples(n, self.seq_len, self.n_symbols, g))

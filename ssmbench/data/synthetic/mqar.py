@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ssmbench.data.base import IGNORE_INDEX, SequenceDataModule
+from ssmbench.data.synthetic import draw_splits
 
 
 # Rows are drawn in chunks of at most this many random numbers, so memory stays bounded at Zoology's scale
@@ -104,9 +105,5 @@ class MQARDataModule(SequenceDataModule):
         self.sizes = (n_train, n_val, n_test)
 
     def load_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
-        generator = torch.Generator().manual_seed(self.seed)
-        return tuple(
-            TensorDataset(*mqar_examples(n, self.seq_len, self.vocab_size, self.num_kv_pairs, self.alpha,
-                                         self.noise, generator))
-            for n in self.sizes
-        )
+        return draw_splits(self.sizes, self.seed, lambda n, g: mqar_examples(
+            n, self.seq_len, self.vocab_size, self.num_kv_pairs, self.alpha, self.noise, g))

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ssmbench.data.base import IGNORE_INDEX, SequenceDataModule
+from ssmbench.data.synthetic import draw_splits
 
 
 def selective_copy_examples(
@@ -59,8 +60,5 @@ class SelectiveCopyDataModule(SequenceDataModule):
         self.sizes = (n_train, n_val, n_test)
 
     def load_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
-        generator = torch.Generator().manual_seed(self.seed)
-        return tuple(
-            TensorDataset(*selective_copy_examples(n, self.seq_len, self.n_symbols, self.n_copy, generator))
-            for n in self.sizes
-        )
+        return draw_splits(self.sizes, self.seed,
+                           lambda n, g: selective_copy_examples(n, self.seq_len, self.n_symbols, self.n_copy, g))
