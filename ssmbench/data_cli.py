@@ -10,16 +10,17 @@
 
 DIR defaults to the config's `paths.data_dir` (`$SSMBENCH_DATA`, else ./data), the directory
 `ssmbench train` reads. Tasks are built from their configs exactly as `ssmbench train task=TASK`
-builds them, so `prepare` processes the data a run will read.
+builds them, so `prepare` processes the data a run will read. A bad option (a count below its
+range, an unknown choice) ends the command with one line, exit 2, before anything is written;
+generated files and directories replace earlier ones atomically.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
-import shutil
 from pathlib import Path
+from typing import Callable, NoReturn
 
 from ssmbench.errors import UserError
 
@@ -122,8 +123,7 @@ def generate_listops_files(args: argparse.Namespace) -> None:
         splits = generate_listops(**params)
     except ValueError as e:
         raise UserError(f"generate listops: {e}") from e
-    paths = write_listops(out, splits)
-    _write_marker(out, "listops", params, args.command_line)
+    paths = write_listops(out, splits, marker=_marker("listops", params, args.command_line))
     print(f"wrote {', '.join(str(p) for p in paths)}")
 
 
@@ -132,30 +132,44 @@ def generate_pathfinder_files(args: argparse.Namespace) -> None:
     from ssmbench.data.lra.pathfinder_generator import generate_pathfinder
 
     root = resolved_data_dir(args.data_dir) / "lra_release"
-    out = root / f"pathfinder{args.resolution}" / DIFFICULTIES[args.difficulty]
-    _refuse_overwrite([out], args.force)
-    if out.exists():
-        shutil.rmtree(out)
+    _refuse_overwrite([root / f"pathfinder{args.resolution}" / DIFFICULTIES[args.difficulty]], args.force)
     params = {"resolution": args.resolution, "difficulty": args.difficulty, "n_images": args.n_images,
               "seed": args.seed, "batch_size": args.batch_size}
     try:
-        out = generate_pathfinder(root, **params)
+        out = generate_pathfinder(root, **params, marker=_marker("pathfinder", params, args.command_line))
     except ValueError as e:
         raise UserError(f"generate pathfinder: {e}") from e
-    _write_marker(out, "pathfinder", params, args.command_line)
     print(f"wrote {params['n_images']} images and their metadata under {out}")
 
 
-def _write_marker(out: Path, generator: str, params: dict, command_line: str) -> None:
-    """A record, beside the generated files, of the generator and settings that wrote them."""
-    record = {"generator": generator, **params, "command": command_line}
-    from ssmbench.data.lra.release import GENERATED_MARKER
+def _marker(generator: str, params: dict, command_line: str) -> dict:
+    """The record, written beside the generated files, of the generator and settings that wrote them."""
+    return {"generator": generator, **params, "command": command_line}
 
-    (out / GENERATED_MARKER).write_text(json.dumps(record, indent=2) + "\n")
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (`error: <command>: <problem>`, exit 2), without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        from ssmbench.cli import fail
+
+        fail(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= minimum, else an error (naming the option) that gives the range."""
+
+    def integer(text: str) -> int:  # a ValueError here reads "invalid integer value: '<text>'"
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; give an integer >= {minimum}")
+        return value
+
+    return integer
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="ssmbench data", description="see, fetch and generate the data of every task")
+    top = _Parser(prog="ssmbench data", description="see, fetch and generate the data of every task")
     commands = top.add_subparsers(dest="command", required=True, metavar="{list,prepare,generate}")
     data_dir = argparse.ArgumentParser(add_help=False)
     data_dir.add_argument("--data-dir", help="the data directory (default: the config's paths.data_dir, "
@@ -172,23 +186,26 @@ def parser() -> argparse.ArgumentParser:
         dest="generator", required=True, metavar="{listops,pathfinder}")
     lo = gen.add_parser("listops", parents=[data_dir], help="ListOps TSVs into <data-dir>/lra_release/listops-1000")
     lo.add_argument("--seed", type=int, default=0)
-    lo.add_argument("--n-train", type=int, default=96000)
-    lo.add_argument("--n-val", type=int, default=2000)
-    lo.add_argument("--n-test", type=int, default=2000)
-    lo.add_argument("--max-depth", type=int, default=10)
-    lo.add_argument("--max-args", type=int, default=10)
-    lo.add_argument("--min-length", type=int, default=500, help="lengths lie strictly between min and max")
-    lo.add_argument("--max-length", type=int, default=2000)
+    lo.add_argument("--n-train", type=at_least(1), default=96000, help="training expressions (>= 1)")
+    lo.add_argument("--n-val", type=at_least(1), default=2000, help="validation expressions (>= 1)")
+    lo.add_argument("--n-test", type=at_least(1), default=2000, help="test expressions (>= 1)")
+    lo.add_argument("--max-depth", type=at_least(2), default=10, help="deepest operator nesting (>= 2)")
+    lo.add_argument("--max-args", type=at_least(2), default=10, help="most arguments of an operator (>= 2)")
+    lo.add_argument("--min-length", type=at_least(0), default=500,
+                    help="lengths lie strictly between min and max length (>= 0)")
+    lo.add_argument("--max-length", type=at_least(2), default=2000, help="the bound above every length (>= 2)")
     lo.add_argument("--force", action="store_true", help="replace existing files")
 
     pf = gen.add_parser("pathfinder", parents=[data_dir],
                         help="Pathfinder images into <data-dir>/lra_release/pathfinder<R>/curv_<D>")
     pf.add_argument("--resolution", type=int, default=32, choices=(32, 64, 128, 256))
     pf.add_argument("--difficulty", default="14", choices=("baseline", "9", "14"))
-    pf.add_argument("--n-images", type=int, default=200000,
-                    help="images per difficulty (default 200000: 160000 / 20000 / 20000 after the 80/10/10 split)")
-    pf.add_argument("--seed", type=int, default=0)
-    pf.add_argument("--batch-size", type=int, default=1000, help="images per imgs/<b> directory and metadata file")
+    pf.add_argument("--n-images", type=at_least(1), default=200000,
+                    help="images per difficulty (>= 1; default 200000: 160000 / 20000 / 20000 after the 80/10/10 "
+                         "split)")
+    pf.add_argument("--seed", type=at_least(0), default=0, help="(>= 0)")
+    pf.add_argument("--batch-size", type=at_least(1), default=1000,
+                    help="images per imgs/<b> directory and metadata file (>= 1)")
     pf.add_argument("--force", action="store_true", help="replace an existing directory of this difficulty")
     return top
 

@@ -1,11 +1,15 @@
 """Sequential image tasks (smnist, psmnist, scifar, image) on parquet fixtures with the hub's schema."""
 
+import re
+import struct
+import zlib
+
 import pytest
 import torch
 
 from ssmbench.data import hub
 from ssmbench.data.base import TaskDataError
-from ssmbench.data.images import ImageSequenceDataModule, bitreversal_permutation
+from ssmbench.data.images import ImageSequenceDataModule, bitreversal_permutation, decode_image
 from ssmbench.data.splits import split_indices
 from ssmbench.data.storage import cache_files
 from tests.helpers import ready
@@ -171,3 +175,56 @@ def test_metadata_must_match_the_dataset(tmp_path):
         cifar_task(tmp_path, d_input=1)
     with pytest.raises(ValueError, match="permutation='reverse' is not one of"):
         mnist_task(tmp_path, permutation="reverse")
+
+
+def test_a_bad_label_names_its_split_and_the_file_and_row_it_was_read_from(tmp_path):
+    """Validation is held out of the train files, so a bad label in a train file may surface in the val split:
+    the message says so and names the file and row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_mnist(tmp_path)
+    mnist = hub.HubDataset("ylecun/mnist", "mnist")
+    train_idx, val_idx = split_indices(MNIST_SIZES["train"], (0.1,), 42)
+    for split, row, where in (("train", int(val_idx[1]), "val split: .*example 1 has label 12"),
+                              ("train", int(train_idx[4]), "train split: .*example 4 has label 12"),
+                              ("test", 7, "test split: .*example 7 has label 12")):
+        write_mnist(tmp_path)
+        path = mnist.split_files(tmp_path, split)[0]
+        table = pq.read_table(path)
+        labels = table.column("label").to_pylist()
+        labels[row] = 12
+        pq.write_table(table.set_column(1, "label", pa.array(labels, type=pa.int64())), path)
+        with pytest.raises(TaskDataError) as e:
+            ready(mnist_task(tmp_path))
+        message = str(e.value)
+        assert re.match(f"task smnist, {where}, read from row {row} of {path}", message), message
+        assert ("held out of the train split's files" in message) == where.startswith("val")
+        assert message.endswith("fix or replace that file, or set task.n_classes to match it") and "\n" not in message
+
+
+def test_an_image_header_claiming_a_huge_size_is_a_corrupt_file():
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)  # 900 megapixels: PIL's decompression-bomb guard
+    png = b"\x89PNG\r\n\x1a\n" + b"".join(struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+                                          for t, d in ((b"IHDR", header), (b"IEND", b"")))
+    with pytest.raises(TaskDataError, match="^train.parquet \\(row 3\\): not a readable image \\(DecompressionBombError"):
+        decode_image(png, "L", (28, 28), "train.parquet (row 3)")
+
+
+def test_a_failed_download_leaves_the_previous_file_and_no_temporary_file(tmp_path, monkeypatch):
+    import datasets
+
+    class HalfWritten:
+        def to_parquet(self, path):
+            with open(path, "wb") as f:
+                f.write(b"PAR1 half a file")
+            raise OSError(28, "No space left on device")
+
+    out = tmp_path / "mnist"
+    out.mkdir()
+    (out / "train.parquet").write_bytes(b"the previous download")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: {"train": HalfWritten()})
+    with pytest.raises(OSError, match="No space left"):
+        hub.download(hub.HubDataset("ylecun/mnist", "mnist"), tmp_path, "smnist")
+    assert [f.name for f in out.iterdir()] == ["train.parquet"]
+    assert (out / "train.parquet").read_bytes() == b"the previous download"

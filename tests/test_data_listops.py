@@ -191,3 +191,38 @@ def test_missing_files_name_the_release_and_the_generator(tmp_path):
     assert f"{tmp_path}/lra_release/listops-1000/basic_{{train,val,test}}.tsv" in message
     assert f"{tmp_path}/lra_release/lra_release/listops-1000" in message
     assert "lra_release.gz" in message and f"ssmbench data generate listops --data-dir {tmp_path}" in message
+
+
+def test_undecodable_and_binary_files_name_the_file(tmp_path):
+    """Random bytes, bytes that are not UTF-8 after valid lines, and a binary "line" longer than csv reads: one
+    TaskDataError naming the file, never a UnicodeDecodeError or csv.Error."""
+    write_listops_fixture(tmp_path)
+    path = tmp_path / "lra_release" / "listops-1000" / "basic_val.tsv"
+    lines = path.read_bytes().splitlines(keepends=True)
+    cases = [
+        (random.Random(0).randbytes(5000), "is not UTF-8 text \\(invalid (start|continuation) byte; 0 lines read"),
+        (b"".join(lines[:4]) + b"\xff\xfe\x00\x01" * 3000, "is not UTF-8 text \\(invalid start byte; "),
+        (lines[0] + b"\x00" * 200_000 + b"\t1\r\n", "line 2 is not a TSV row \\(field larger than field limit"),
+    ]
+    for data, message in cases:
+        path.write_bytes(data)
+        with pytest.raises(TaskDataError, match=f"^{path}: {message}.*; delete it and fetch or generate it again$"):
+            listops_task(tmp_path)
+
+
+def test_writing_replaces_each_file_atomically(tmp_path):
+    """A writer that dies while writing a file leaves the previous file whole and no temporary file behind."""
+    first = generate_listops(6, 3, 3, seed=1, min_length=5, max_length=40, show_progress=False)
+    paths = write_listops(tmp_path, first)
+    before = [p.read_bytes() for p in paths]
+
+    def dies_after_one_row():
+        yield generate_listops(1, 0, 0, seed=2, min_length=5, max_length=40, show_progress=False)[0][0]
+        raise OSError(28, "No space left on device")
+
+    second = generate_listops(6, 0, 0, seed=2, min_length=5, max_length=40, show_progress=False)[0]
+    with pytest.raises(OSError, match="No space left"):
+        write_listops(tmp_path, (second, dies_after_one_row(), []))
+    assert paths[0].read_bytes() != before[0]  # the train file was complete, so it was replaced
+    assert [p.read_bytes() for p in paths[1:]] == before[1:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)

@@ -119,3 +119,16 @@ def test_missing_data_names_the_generator_command_and_settings_are_checked(tmp_p
         PathfinderDataModule(name="pathfinder", resolution=64, d_input=1, seq_len=1024, n_classes=2)
     with pytest.raises(ValueError, match="difficulty='12' is not one of"):
         PathfinderDataModule(name="pathfinder", difficulty=12, d_input=1, seq_len=1024, n_classes=2)
+
+
+def test_undecodable_or_empty_metadata_names_the_file(tmp_path):
+    write_pathfinder_release(tmp_path, 32, n_images=10)
+    metadata = tmp_path / "lra_release" / "pathfinder32" / "curv_contour_length_14" / "metadata" / "1.npy"
+    good = metadata.read_bytes()
+    metadata.write_bytes(good[:-4] + b"\xff\xfe\x00\x01")  # the tail of the file overwritten by binary garbage
+    with pytest.raises(TaskDataError, match=f"^{metadata}: is not a text metadata file \\(invalid start byte at byte "
+                                            f"{len(good) - 4}\\); delete it"):
+        pathfinder_task(tmp_path)
+    metadata.write_bytes(b"")  # truncated to nothing: its images would silently be left out
+    with pytest.raises(TaskDataError, match=f"^{metadata}: lists no images; delete it"):
+        pathfinder_task(tmp_path)

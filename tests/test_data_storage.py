@@ -1,6 +1,7 @@
 """The shared data machinery: the tensor cache, fixed-seed splits, ragged token storage."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +9,9 @@ import torch
 from ssmbench.data.base import IGNORE_INDEX, TaskDataError, check_labels
 from ssmbench.data.sequences import PixelSequences, TokenSequences, ragged, take
 from ssmbench.data.splits import split_indices
-from ssmbench.data.storage import TensorCache, corrupt_file, fingerprint, human_size, missing_data
+from ssmbench.data.storage import (TensorCache, atomic_directory, atomic_path, corrupt_file, fingerprint, human_size,
+                                   missing_data)
+from tests.task_fixtures import write_imdb
 
 
 def test_split_indices_partition_with_the_requested_sizes_and_fixed_seed():
@@ -106,5 +109,74 @@ def test_pixel_sequences_normalize_and_permute():
 def test_labels_must_lie_in_zero_to_n_classes():
     check_labels(torch.tensor([0, 9, IGNORE_INDEX]), 10, "task t, train split")
     for bad, found in ((10, "0..10"), (-1, "-1..9")):
-        with pytest.raises(TaskDataError, match=f"task t, train split: labels outside \\[0, 10\\) \\(found {found}\\)"):
+        with pytest.raises(TaskDataError, match=f"task t, train split: labels outside \\[0, 10\\) \\(found {found}; "
+                                                f"example 2 has {bad}\\); the task's n_classes does not match"):
             check_labels(torch.tensor([0, 9, bad]), 10, "task t, train split")
+
+
+def test_a_label_outside_names_its_example_and_where_it_was_read_from():
+    tokens = torch.tensor([[0, IGNORE_INDEX], [IGNORE_INDEX, IGNORE_INDEX], [1, 7]])  # (N, L) token labels
+    with pytest.raises(TaskDataError) as e:
+        check_labels(tokens, 5, "task t, val split", origin=lambda i: f"row {10 + i} of train.parquet")
+    assert str(e.value) == ("task t, val split: labels outside [0, 5) (found 0..7); example 2 has label 7, read from "
+                            "row 12 of train.parquet; fix or replace that file, or set task.n_classes to match it")
+    check_labels(tokens, 8, "task t, val split", origin=lambda i: 1 / 0)  # asked only when a label is outside
+
+
+def test_cache_and_marker_writes_are_atomic_and_leave_no_temporary_file(tmp_path, monkeypatch):
+    cache = TensorCache(tmp_path, "mnist", {"grayscale": False})
+    cache.save({"t": torch.arange(3)})
+    before = cache.path.read_bytes()
+
+    def disk_full(obj, f):
+        Path(f).write_bytes(b"half a cache")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        cache.save({"t": torch.arange(5)})
+    assert cache.path.read_bytes() == before and os.listdir(cache.path.parent) == [cache.path.name]
+
+    target = tmp_path / "out.txt"
+    with atomic_path(target) as tmp:
+        tmp.write_text("complete")
+        assert not target.exists() and tmp.parent == tmp_path
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("part")
+        raise RuntimeError("killed")
+    assert target.read_text() == "complete" and sorted(os.listdir(tmp_path)) == ["cache", "out.txt"]
+
+
+def test_atomic_directory_replaces_the_whole_directory_only_when_complete(tmp_path):
+    out = tmp_path / "pathfinder32" / "curv_baseline"
+    with atomic_directory(out) as tmp:
+        (tmp / "a.txt").write_text("first")
+        (tmp / "b.txt").write_text("first")
+        assert not out.exists()
+    with pytest.raises(RuntimeError), atomic_directory(out) as tmp:
+        (tmp / "a.txt").write_text("second, interrupted")
+        raise RuntimeError("killed")
+    assert {f.name: f.read_text() for f in out.iterdir()} == {"a.txt": "first", "b.txt": "first"}
+    with atomic_directory(out) as tmp:
+        (tmp / "a.txt").write_text("third")
+    assert {f.name: f.read_text() for f in out.iterdir()} == {"a.txt": "third"}  # no file of an earlier run
+    assert os.listdir(out.parent) == ["curv_baseline"]
+
+
+def test_parquet_text_that_is_not_utf8_is_a_corrupt_file(tmp_path):
+    """Parquet does not check a string column's bytes on reading; the values would fail only when converted
+    (a UnicodeDecodeError traceback from LRA Text)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ssmbench.data.lra.text import IMDB, TextDataModule
+
+    write_imdb(tmp_path)
+    path = IMDB.split_files(tmp_path, "train")[0]
+    table = pq.read_table(path)
+    data, offsets = b"fine" + b"caf\xe9", pa.array([0, 4, 8], type=pa.int32()).buffers()[1]
+    texts = pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(data)])  # row 1: latin-1, not UTF-8
+    pq.write_table(pa.table({"text": texts, "label": table.column("label")[:2]}), path)
+    dm = TextDataModule(name="text", vocab_size=257, n_classes=2, seq_len=64, data_dir=tmp_path, download=False)
+    with pytest.raises(TaskDataError, match=f"{path}: column 'text' holds invalid values \\(.*UTF8"):
+        dm.prepare_data()

@@ -1,6 +1,7 @@
-"""Pathfinder generator: the release layout, determinism, balanced labels, and labels that agree with an
-independent connectivity check of the two markers."""
+"""Pathfinder generator: the release layout, determinism, balanced labels, labels that agree with an
+independent connectivity check of the two markers, and a directory replaced only when complete."""
 
+import json
 from collections import deque
 from pathlib import Path
 
@@ -184,3 +185,35 @@ def test_bad_arguments():
         generate_pathfinder(Path("unused"), seed=-1, progress=False)
     with pytest.raises(ValueError, match="difficulty='7'"):
         generate_pathfinder(Path("unused"), difficulty="7", progress=False)
+
+
+def test_regenerating_replaces_the_whole_directory(tmp_path):
+    """Fewer images into a directory generated before: the result is exactly a fresh generation, with no
+    image or metadata file left over from the earlier one."""
+    generate_pathfinder(tmp_path / "a", 32, "baseline", 10, seed=3, batch_size=4, progress=False)
+    out = generate_pathfinder(tmp_path / "a", 32, "baseline", 4, seed=5, batch_size=4, progress=False)
+    assert read_tree(out) == read_tree(generate_pathfinder(tmp_path / "b", 32, "baseline", 4, seed=5, batch_size=4,
+                                                           progress=False))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["curv_baseline"]
+
+
+def test_an_interrupted_generation_leaves_the_previous_directory_untouched(tmp_path, monkeypatch):
+    from ssmbench.data.lra import pathfinder_generator
+
+    out = generate_pathfinder(tmp_path, 32, "baseline", 10, seed=3, batch_size=4, progress=False,
+                              marker={"generator": "pathfinder", "seed": 3})
+    before = read_tree(out)
+    assert json.loads(before["GENERATED.json"]) == {"generator": "pathfinder", "seed": 3}
+    rendered = []
+
+    def killed_after_five(scene, p):
+        if len(rendered) == 5:
+            raise KeyboardInterrupt
+        rendered.append(scene)
+        return render_scene(scene, p)
+
+    monkeypatch.setattr(pathfinder_generator, "render_scene", killed_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        generate_pathfinder(tmp_path, 32, "baseline", 10, seed=4, batch_size=4, progress=False)
+    assert read_tree(out) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["curv_baseline"]  # the temporary directory is gone

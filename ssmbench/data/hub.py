@@ -9,12 +9,11 @@ repository's parquet files (`huggingface-cli download <id> --repo-type dataset -
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ssmbench.data.base import DataStatus
-from ssmbench.data.storage import cache_files, corrupt_file, missing_data, size_on_disk
+from ssmbench.data.storage import atomic_path, cache_files, corrupt_file, missing_data, size_on_disk
 
 
 @dataclass(frozen=True)
@@ -50,8 +49,9 @@ class HubDataset:
 def download(dataset: HubDataset, data_dir: Path, task: str, **load_kwargs) -> None:
     """`datasets.load_dataset(hub_id)` and write each split to `<data_dir>/<name>/<split>.parquet`.
 
-    `load_kwargs` go to `load_dataset` (e.g. a revision). Raises TaskDataError when the hub cannot be
-    reached, naming the directory the parquet files can be copied into instead.
+    `load_kwargs` go to `load_dataset` (e.g. a revision). Each file is written atomically (`atomic_path`).
+    Raises TaskDataError when the hub cannot be reached, naming the directory the parquet files can be
+    copied into instead.
     """
     import datasets
 
@@ -68,10 +68,8 @@ def download(dataset: HubDataset, data_dir: Path, task: str, **load_kwargs) -> N
         ) from e
     out.mkdir(parents=True, exist_ok=True)
     for split in dataset.splits:
-        target = out / f"{split}.parquet"
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        loaded[split].to_parquet(str(tmp))
-        tmp.replace(target)
+        with atomic_path(out / f"{split}.parquet") as tmp:
+            loaded[split].to_parquet(str(tmp))
 
 
 def ensure_local(dataset: HubDataset, data_dir: Path, task: str, download_missing: bool) -> None:
@@ -100,7 +98,9 @@ def hub_status(dataset: HubDataset, data_dir: Path, task: str) -> DataStatus:
 
 
 def read_split(dataset: HubDataset, data_dir: Path, split: str, columns: list[str]):
-    """[(file, pyarrow Table of `columns`), ...] for every parquet file of `split`, in file order."""
+    """[(file, pyarrow Table of `columns`), ...] for every parquet file of `split`, in file order; TaskDataError
+    naming the file if it is not parquet, is truncated, lacks a column or holds invalid values (e.g. text
+    that is not UTF-8), which would otherwise only fail when a value is converted."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -114,5 +114,24 @@ def read_split(dataset: HubDataset, data_dir: Path, split: str, columns: list[st
         if missing:
             raise corrupt_file(f, f"has no column {missing} (columns: {table.column_names}); expected the schema of "
                                   f"the hub dataset {dataset.hub_id}")
+        for column in columns:
+            try:
+                table.column(column).validate(full=True)
+            except pa.ArrowException as e:
+                raise corrupt_file(f, f"column {column!r} holds invalid values ({e})".replace("\n", " ")) from e
         tables.append((f, table.select(columns)))
     return tables
+
+
+def parquet_row(files: list[Path], row: int) -> str:
+    """"row r of <file>": where row `row` of the rows of `files`, read one after another (as read_split reads
+    them), lies; only the files' footers are read."""
+    import pyarrow.parquet as pq
+
+    rest = row
+    for f in files:
+        n_rows = pq.ParquetFile(f).metadata.num_rows
+        if rest < n_rows:
+            return f"row {rest} of {f}"
+        rest -= n_rows
+    return f"row {row} of {', '.join(str(f) for f in files)}"

@@ -11,7 +11,8 @@ bitrev(t), the indices of the next power of two >= L in bit-reversed order, keep
 Source: the Hugging Face datasets `ylecun/mnist` (image, label) and `uoft-cs/cifar10` (img, label)
 as parquet files under `<data_dir>/mnist/` and `<data_dir>/cifar10/` (see `ssmbench.data.hub`).
 Train and test are the datasets' splits; validation is `val_fraction` of train held out with the
-fixed `split_seed`. Decoded pixels are cached as uint8 under `<data_dir>/cache/`.
+fixed `split_seed`. Decoded pixels are cached as uint8 under `<data_dir>/cache/`. Each split knows
+the parquet file and row of its examples, so a bad label is reported with its file (ImageSplit).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ssmbench.data.base import DataStatus, SequenceDataModule
-from ssmbench.data.hub import HubDataset, ensure_local, hub_status, read_split
+from ssmbench.data.hub import HubDataset, ensure_local, hub_status, parquet_row, read_split
 from ssmbench.data.sequences import PixelSequences
 from ssmbench.data.splits import split_indices
 from ssmbench.data.storage import TensorCache, corrupt_file, fingerprint, progress, resolve_data_dir
@@ -77,9 +79,23 @@ def decode_image(data: bytes, mode: str, size: tuple[int, int], where: str) -> n
             if img.size != size:
                 raise corrupt_file(where, f"image is {img.size[0]}x{img.size[1]}, expected {size[0]}x{size[1]}")
             array = np.asarray(img.convert(mode), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise corrupt_file(where, f"not a readable image ({type(e).__name__}: {e})") from e
     return array.reshape(size[1], size[0], -1)
+
+
+class ImageSplit(PixelSequences):
+    """The PixelSequences of one split, which can say which parquet file and row each example was read from."""
+
+    def __init__(self, *args, files: list[Path], note: str = "", **kwargs):
+        """files: the parquet files whose rows, one file after another, are the rows of `pixels`; note: added
+        to every origin (e.g. that the split is held out of another split's files)."""
+        super().__init__(*args, **kwargs)
+        self.files, self.note = files, note
+
+    def origin(self, i: int) -> str:
+        """Where example i was read from, "row r of <file>" (named by check_labels)."""
+        return parquet_row(self.files, int(self.index[i])) + self.note
 
 
 class ImageSequenceDataModule(SequenceDataModule):
@@ -143,16 +159,19 @@ class ImageSequenceDataModule(SequenceDataModule):
         if not cache.exists():
             cache.get(self._decode)
 
-    def load_splits(self) -> tuple[PixelSequences, PixelSequences, PixelSequences]:
-        ensure_local(self.source.hub, self.root, self.name, self.download)
+    def load_splits(self) -> tuple[ImageSplit, ImageSplit, ImageSplit]:
+        hub = self.source.hub
+        ensure_local(hub, self.root, self.name, self.download)
         t = self._cache().get(self._decode)
         perm = make_permutation(self.permutation, self.seq_len, self.permutation_seed)
         train, val = split_indices(len(t["train_labels"]), (self.val_fraction,), self.split_seed)
 
-        def sequences(split: str, index: torch.Tensor | None = None) -> PixelSequences:
-            return PixelSequences(t[f"{split}_pixels"], t[f"{split}_labels"], self.mean, self.std, perm, index)
+        def sequences(split: str, index: torch.Tensor | None = None, note: str = "") -> ImageSplit:
+            return ImageSplit(t[f"{split}_pixels"], t[f"{split}_labels"], self.mean, self.std, perm, index,
+                              files=hub.split_files(self.root, split), note=note)
 
-        return sequences("train", train), sequences("train", val), sequences("test")
+        held_out = " (the val split is held out of the train split's files)"
+        return sequences("train", train), sequences("train", val, held_out), sequences("test")
 
     def data_status(self) -> DataStatus:
         return hub_status(self.source.hub, self.root, self.name)

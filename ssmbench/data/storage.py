@@ -12,14 +12,22 @@ A cache file is named by a digest of its key: every setting that changes the pro
 each source file and CACHE_FORMAT. A different setting or a changed source file therefore gives
 a different file name and is never served a stale cache. The key is also stored inside the file
 and compared on load; an unreadable or mismatched cache file is rebuilt, never trusted.
+
+Every file (and generated directory) is written under a temporary name beside its target and renamed
+into place when complete (`atomic_path`, `atomic_directory`), so a reader, a concurrent writer or a
+killed writer never leaves or sees half a file, or a directory mixing two writers' files.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -48,6 +56,55 @@ def corrupt_file(path: str | Path, problem: str,
                  remedy: str = "delete it and fetch or generate it again") -> TaskDataError:
     """The one-line error for a truncated, corrupt or malformed data file, naming the file."""
     return TaskDataError(f"{path}: {problem}; {remedy}")
+
+
+def _temporary_name(path: Path, suffix: str) -> Path:
+    """A hidden sibling of `path` that no other process or thread uses: .<name>.<pid>.<thread>.<suffix>."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{suffix}")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary file name beside `path` to write to; when the block ends without error the file replaces
+    `path` (os.replace: a reader sees the old file or the complete new one). On error it is removed."""
+    tmp = _temporary_name(path, "tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _move_in(tmp: Path, path: Path) -> None:
+    """Rename directory `tmp` to `path`; a directory already at `path` (another writer's) is moved aside and deleted."""
+    while True:
+        try:
+            os.rename(tmp, path)  # fails while a non-empty directory sits at `path`
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        old = _temporary_name(path, "old")
+        try:
+            os.rename(path, old)
+        except FileNotFoundError:  # another writer moved it aside first
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_directory(path: Path) -> Iterator[Path]:
+    """A new temporary directory beside `path` to fill; when the block ends without error it takes the place of
+    `path` (replacing a directory there), so `path` is never half-written nor a mix of two writers' files. On
+    error it is removed and `path` is left as it was."""
+    tmp = _temporary_name(path, "tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _move_in(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def fingerprint(files: Iterable[Path], root: Path) -> list[list]:
@@ -111,11 +168,10 @@ class TensorCache:
         return saved["tensors"]
 
     def save(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Write atomically (temporary file, then rename), so readers never see half a cache file."""
+        """Write atomically (`atomic_path`), so readers never see half a cache file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        torch.save({"key": self.key, "tensors": tensors}, tmp)
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as tmp:
+            torch.save({"key": self.key, "tensors": tensors}, tmp)
 
     def get(self, build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """The cached tensors; on a miss, `build()` them, save them and return them."""

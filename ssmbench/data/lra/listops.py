@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -39,31 +40,42 @@ def tokenize(source: str) -> list[int]:
 
 def read_listops_tsv(path: Path) -> tuple[list[list[int]], list[int]]:
     """(token ids per expression, values) of one release TSV; TaskDataError naming the file (and line)
-    for a missing header, no expressions, a malformed or truncated line, an unknown token or a value
-    outside 0-9."""
-    sources, targets = [], []
+    for bytes that are not UTF-8 text, a missing header, no expressions, a malformed or truncated line,
+    an unknown token or a value outside 0-9."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = csv.reader(f, delimiter="\t")
-        header = next(rows, None)
-        if header != ["Source", "Target"]:
-            raise corrupt_file(path, f"first line is {header}, expected the header ['Source', 'Target']")
-        for line, row in enumerate(rows, start=2):
-            if len(row) != 2:
-                raise corrupt_file(path, f"line {line} has {len(row)} fields, expected 2 (Source, Target)")
-            try:
-                tokens = tokenize(row[0])
-            except KeyError as e:
-                raise corrupt_file(path, f"line {line}: unknown token {e.args[0]!r}") from e
-            n_ops = sum(t in OPERATOR_IDS for t in tokens)
-            if not tokens or n_ops != tokens.count(TOKEN_IDS["]"]):
-                raise corrupt_file(path, f"line {line}: unbalanced expression ({n_ops} operators, "
-                                         f"{tokens.count(TOKEN_IDS[']'])} closing brackets)")
-            if row[1] not in DIGITS:
-                raise corrupt_file(path, f"line {line}: Target {row[1]!r} is not a digit 0-9")
-            sources.append(tokens)
-            targets.append(int(row[1]))
+        try:
+            sources, targets = _parse_rows(path, rows)
+        except UnicodeDecodeError as e:
+            raise corrupt_file(path, f"is not UTF-8 text ({e.reason}; {rows.line_num} lines read before it)") from e
+        except csv.Error as e:
+            raise corrupt_file(path, f"line {rows.line_num} is not a TSV row ({e})") from e
     if not targets:
         raise corrupt_file(path, "holds no expressions after its header")
+    return sources, targets
+
+
+def _parse_rows(path: Path, rows: Iterator[list[str]]) -> tuple[list[list[int]], list[int]]:
+    """(token ids, values) of the rows of a csv reader over a release TSV (see read_listops_tsv)."""
+    sources, targets = [], []
+    header = next(rows, None)
+    if header != ["Source", "Target"]:
+        raise corrupt_file(path, f"first line is {str(header)[:80]}, expected the header ['Source', 'Target']")
+    for line, row in enumerate(rows, start=2):
+        if len(row) != 2:
+            raise corrupt_file(path, f"line {line} has {len(row)} fields, expected 2 (Source, Target)")
+        try:
+            tokens = tokenize(row[0])
+        except KeyError as e:
+            raise corrupt_file(path, f"line {line}: unknown token {e.args[0][:40]!r}") from e
+        n_ops = sum(t in OPERATOR_IDS for t in tokens)
+        if not tokens or n_ops != tokens.count(TOKEN_IDS["]"]):
+            raise corrupt_file(path, f"line {line}: unbalanced expression ({n_ops} operators, "
+                                     f"{tokens.count(TOKEN_IDS[']'])} closing brackets)")
+        if row[1] not in DIGITS:
+            raise corrupt_file(path, f"line {line}: Target {row[1][:20]!r} is not a digit 0-9")
+        sources.append(tokens)
+        targets.append(int(row[1]))
     return sources, targets
 
 

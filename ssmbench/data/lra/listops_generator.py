@@ -13,18 +13,21 @@ n_train drawn are train, the next n_val validation, the rest test.
 The files are those of the release: `basic_{train,val,test}.tsv`, a header `Source<TAB>Target`,
 then one expression per line with the release's binary bracketing: an operator with arguments
 a_1 .. a_k is written as k + 1 opening parentheses, the operator, then each argument followed by
-")", then "] )", e.g. MAX(2, 9) -> "( ( ( [MAX 2 ) 9 ) ] )".
+")", then "] )", e.g. MAX(2, 9) -> "( ( ( [MAX 2 ) 9 ) ] )". Each file is written atomically, so a
+killed or concurrent generator never leaves part of one.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import random
 from itertools import islice
 from pathlib import Path
 from typing import Iterator, Union
 
-from ssmbench.data.storage import progress
+from ssmbench.data.lra.release import GENERATED_MARKER
+from ssmbench.data.storage import atomic_path, progress
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
@@ -89,6 +92,15 @@ def distinct_expressions(rng: random.Random, max_depth: int, max_args: int, min_
                 yield source, evaluate(tree)
 
 
+def longest_length(max_depth: int, max_args: int) -> int:
+    """The length of the longest expression random_tree can draw: operators with max_args children down to
+    max_depth."""
+    length = 1
+    for _ in range(max_depth - 1):
+        length = 2 + max_args * length
+    return length
+
+
 def generate_listops(n_train: int = 96000, n_val: int = 2000, n_test: int = 2000, seed: int = 0, max_depth: int = 10,
                      max_args: int = 10, min_length: int = 500, max_length: int = 2000,
                      show_progress: bool = True) -> tuple[list[tuple[str, int]], ...]:
@@ -97,6 +109,10 @@ def generate_listops(n_train: int = 96000, n_val: int = 2000, n_test: int = 2000
         raise ValueError(f"min_length={min_length} and max_length={max_length} leave no length in between")
     if max_depth < 2 or max_args < 2:
         raise ValueError(f"max_depth={max_depth} and max_args={max_args} must both be at least 2")
+    longest = longest_length(max_depth, max_args)
+    if longest <= min_length:
+        raise ValueError(f"no expression of max_depth={max_depth} and max_args={max_args} is longer than "
+                         f"min_length={min_length} (the longest has {longest} tokens)")
     total = n_train + n_val + n_test
     found = distinct_expressions(random.Random(seed), max_depth, max_args, min_length, max_length)
     drawn = islice(found, total)
@@ -106,15 +122,20 @@ def generate_listops(n_train: int = 96000, n_val: int = 2000, n_test: int = 2000
     return items[:n_train], items[n_train : n_train + n_val], items[n_train + n_val :]
 
 
-def write_listops(out_dir: Path, splits: tuple[list[tuple[str, int]], ...]) -> list[Path]:
-    """Write basic_{train,val,test}.tsv (tab-separated, header Source, Target) into out_dir."""
+def write_listops(out_dir: Path, splits: tuple[list[tuple[str, int]], ...], marker: dict | None = None) -> list[Path]:
+    """Write basic_{train,val,test}.tsv (tab-separated, header Source, Target) into out_dir, and `marker` (if
+    given) as GENERATED_MARKER (JSON). Each file goes to a temporary file that replaces its target when
+    complete (`atomic_path`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, rows in zip(SPLIT_FILES, splits):
         path = out_dir / name
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, delimiter="\t")
             writer.writerow(["Source", "Target"])
             writer.writerows(rows)
         paths.append(path)
+    if marker is not None:
+        with atomic_path(out_dir / GENERATED_MARKER) as tmp:
+            tmp.write_text(json.dumps(marker, indent=2) + "\n")
     return paths

@@ -47,18 +47,23 @@ def metadata_files(difficulty_dir: Path) -> list[Path]:
 
 
 def read_metadata(path: Path, difficulty_dir: Path) -> list[tuple[Path, int]]:
-    """(image path, label) for each line of one metadata file; TaskDataError naming the file and line
-    for a line with fewer than 4 fields or a label other than 0 / 1."""
+    """(image path, label) for each line of one metadata file; TaskDataError naming the file (and line) for
+    bytes that are not UTF-8 text, a line with fewer than 4 fields or a label other than 0 / 1, or no lines."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise corrupt_file(path, f"is not a text metadata file ({e.reason} at byte {e.start})") from e
     samples = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) < 4 or fields[3] not in ("0", "1"):
-                raise corrupt_file(path, f"line {line_number} is {line.strip()[:80]!r}, expected "
-                                         f"'imgs/<b> sample_<i>.png <i> <label 0|1> ...'")
-            samples.append((difficulty_dir / fields[0] / fields[1], int(fields[3])))
+    for line_number, line in enumerate(text.split("\n"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 4 or fields[3] not in ("0", "1"):
+            raise corrupt_file(path, f"line {line_number} is {line.strip()[:80]!r}, expected "
+                                     f"'imgs/<b> sample_<i>.png <i> <label 0|1> ...'")
+        samples.append((difficulty_dir / fields[0] / fields[1], int(fields[3])))
+    if not samples:
+        raise corrupt_file(path, "lists no images")
     return samples
 
 

@@ -61,8 +61,8 @@ depends on the seed only, not on n_images or batch_size.
 
 from __future__ import annotations
 
+import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -70,6 +70,8 @@ from typing import Iterator
 import numpy as np
 
 from ssmbench.data.lra.pathfinder_draw import endpoint_distance2, render_disks, render_strokes
+from ssmbench.data.lra.release import GENERATED_MARKER
+from ssmbench.data.storage import atomic_directory
 
 DIFFICULTY_DIRS = {"baseline": "curv_baseline", "9": "curv_contour_length_9", "14": "curv_contour_length_14"}
 CONTOUR_LENGTHS = {"baseline": 6, "9": 9, "14": 14}
@@ -407,47 +409,55 @@ def metadata_line(p: PathfinderParams, index: int, batch_size: int, scene: Scene
 
 
 def generate_pathfinder(root: Path, resolution: int = 32, difficulty: str = "14", n_images: int = 200, seed: int = 0,
-                        batch_size: int = 1000, progress: bool = True) -> Path:
+                        batch_size: int = 1000, progress: bool = True, marker: dict | None = None) -> Path:
     """Write n_images Pathfinder images of `resolution` and `difficulty` (baseline, 9, 14) in the release layout
-    under root (see the module docstring); returns <root>/pathfinder{resolution}/curv_<difficulty>.
+    under root (see the module docstring), and `marker` (if given) beside them as GENERATED_MARKER (JSON);
+    returns <root>/pathfinder{resolution}/curv_<difficulty>.
 
-    A batch's metadata file is written (atomically) once all its images are, so an interrupted run never
-    leaves a metadata file listing missing images.
+    Everything is written into a temporary sibling directory that takes the place of that directory (replacing
+    an earlier one) only when complete (`atomic_directory`), so an interrupted or concurrent run never leaves
+    a half-written directory, nor one mixing two runs' files; on failure the temporary directory is removed.
     """
-    from PIL import Image
-
     p = pathfinder_params(resolution, difficulty)
     if n_images < 1 or batch_size < 1:
         raise ValueError(f"pathfinder: n_images={n_images} and batch_size={batch_size} must be at least 1")
     if seed < 0:
         raise ValueError(f"pathfinder: seed={seed} must be non-negative")
     out = Path(root) / f"pathfinder{resolution}" / DIFFICULTY_DIRS[str(difficulty)]
-    (out / "metadata").mkdir(parents=True, exist_ok=True)
+    with atomic_directory(out) as tmp:
+        _write_images(tmp, p, n_images, seed, batch_size, progress, f"pathfinder{resolution}/{out.name}")
+        if marker is not None:
+            (tmp / GENERATED_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return out
 
+
+def _write_images(out: Path, p: PathfinderParams, n_images: int, seed: int, batch_size: int, progress: bool,
+                  description: str) -> None:
+    """The imgs/<b>/sample_<i>.png and metadata/<b>.npy files of n_images images into the empty directory `out`."""
+    from PIL import Image
+
+    (out / "metadata").mkdir()
     bar = task = None
     if progress:
         from rich.progress import Progress
 
         bar = Progress()
         bar.start()
-        task = bar.add_task(f"pathfinder{resolution}/{out.name}", total=n_images)
+        task = bar.add_task(description, total=n_images)
     lines: list[str] = []
     try:
         for i, scene in iter_scenes(p, seed, n_images):
             b = i // batch_size
             img_dir = out / "imgs" / str(b)
             if i % batch_size == 0:
-                img_dir.mkdir(parents=True, exist_ok=True)
+                img_dir.mkdir(parents=True)
             Image.fromarray(render_scene(scene, p)).save(img_dir / f"sample_{i}.png")
             lines.append(metadata_line(p, i, batch_size, scene))
             if i % batch_size == batch_size - 1 or i == n_images - 1:
-                tmp = out / "metadata" / f".{b}.npy.tmp"
-                tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-                os.replace(tmp, out / "metadata" / f"{b}.npy")
+                (out / "metadata" / f"{b}.npy").write_text("\n".join(lines) + "\n", encoding="utf-8")
                 lines = []
             if bar is not None:
                 bar.advance(task)
     finally:
         if bar is not None:
             bar.stop()
-    return out
