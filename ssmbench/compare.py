@@ -1,4 +1,5 @@
-"""`ssmbench compare PATH... [options]`: finished, running and crashed runs side by side.
+"""`ssmbench compare PATH... [options]`: finished, running and crashed runs side by side (a run that stopped
+without saying so, killed or on a lost node, is shown as "died").
 
     ssmbench compare outputs/multirun/2026-01-01_12-00-00           one row per run, sorted by test/acc
     ssmbench compare 'outputs/listops/*' --group-by model --format markdown
@@ -14,7 +15,7 @@ import argparse
 import sys
 
 from ssmbench.compare_render import render_csv, render_json, render_markdown, render_rich
-from ssmbench.compare_runs import age, load_runs, optuna_results
+from ssmbench.compare_runs import AGED_STATUSES, age, load_runs, optuna_results
 from ssmbench.compare_table import DEFAULT_METRICS, compare_runs
 from ssmbench.errors import UserError
 
@@ -64,7 +65,7 @@ def compare(argv: list[str]) -> None:
     comparison = compare_runs(runs, metrics=args.metrics, keys=args.keys, group_by=args.group_by,
                               sort=args.sort, ascending=args.ascending)
     optuna = optuna_results(runs)
-    ages = {str(r.path): age(r) for r in runs if r.status == "running"}
+    ages = {str(r.path): age(r) for r in runs if r.status in AGED_STATUSES}
     if args.format == "table":
         from rich.console import Console
 

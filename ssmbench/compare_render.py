@@ -20,8 +20,8 @@ LABELS = {
     "train_samples_per_s": "samples/s",
     "train_tokens_per_s": "tokens/s",
 }
-STATUS_STYLE = {"completed": "green", "running": "yellow", "failed": "bold red", "interrupted": "red",
-                "missing": "red", "unreadable": "red"}
+STATUS_STYLE = {"completed": "green", "running": "yellow", "failed": "bold red", "died": "bold red",
+                "interrupted": "red", "preempted": "red", "missing": "red", "unreadable": "red"}
 PARTIAL_NOTE = "* last logged value of an unfinished run (csv/metrics.csv)"
 
 
@@ -56,9 +56,9 @@ def fmt_aggregate(stats: dict) -> str:
 
 
 def fmt_status(record: dict, age: str | None = None, width: int = 60) -> str:
-    status = record["status"]
-    if status == "running" and age:
-        return f"running ({age} ago)"
+    """The status cell: the status, with `age` (given for running and died runs) "died (12m ago)", and the
+    error if any, cut to `width`."""
+    status = f"{record['status']} ({age} ago)" if age else record["status"]
     if record.get("error"):
         text = f"{status}: {record['error']}".replace("\n", " ")
         return text if len(text) <= width else text[: width - 1] + "…"

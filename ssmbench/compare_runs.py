@@ -3,10 +3,12 @@
 A run directory (written by `ssmbench train` or `ssmbench eval`) holds
     .hydra/config.yaml      the composed config          .hydra/overrides.yaml   the command-line overrides
     .hydra/hydra.yaml       config-group choices (model: s4, task: smnist, ...)
-    results.json            status, final metrics, params, wall time, throughput
+    results.json            status, final metrics, params, wall time, throughput; while training the
+                            pid, host and a heartbeat (refreshed every heartbeat_interval_s seconds)
     csv/metrics.csv         every logged metric by step (Lightning's CSVLogger)
 A path given to compare is a run directory, or any directory above runs (a multirun sweep,
-outputs/), or a glob of either. Runs without a results.json are kept with status "missing".
+outputs/), or a glob of either. Runs without a results.json are kept with status "missing"; a run whose
+results.json says "running" but that is no longer alive is shown as "died" (`effective_status`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import math
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -35,13 +38,22 @@ RESULT_FIELDS = (
 # Subfolders of a run (or of a sweep) that never hold runs.
 NOT_RUNS = {"checkpoints", "csv", "wandb", "tensorboard", "__pycache__"}
 GLOB_CHARS = re.compile(r"[*?\[]")
+# A "running" run is dead once its heartbeat is older than max(HEARTBEAT_MISSES intervals, HEARTBEAT_STALE_MIN_S);
+# one without a heartbeat (written by older versions) once its files are older than LEGACY_STALE_S.
+HEARTBEAT_MISSES = 5
+HEARTBEAT_STALE_MIN_S = 120.0
+DEFAULT_HEARTBEAT_INTERVAL_S = 30.0
+LEGACY_STALE_S = 3600.0
+# Statuses shown with the age of the run's last sign of life, e.g. "running (6m ago)", "died (2h ago)".
+AGED_STATUSES = ("running", "died")
 
 
 @dataclass
 class Run:
     path: Path
     name: str                                  # short display name (relative to the common parent)
-    status: str                                # completed | running | failed | interrupted | missing | unreadable
+    status: str                                # completed | running | failed | interrupted | preempted | died |
+                                               # missing | unreadable: results.json's, or died (effective_status)
     results: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)   # final metrics; for unfinished runs the last logged values
     partial: set = field(default_factory=set)     # metrics read from metrics.csv of an unfinished run
@@ -49,7 +61,8 @@ class Run:
     derived: set = field(default_factory=set)     # config keys whose value is an interpolation of another key
     choices: dict = field(default_factory=dict)   # config-group choices, e.g. {"model": "s4", "task": "smnist"}
     overrides: list = field(default_factory=list)
-    updated: float = 0.0                       # last modification time of results.json / metrics.csv
+    updated: float = 0.0                       # last sign of life: the heartbeat in results.json, else the
+                                               # last modification time of results.json / metrics.csv
 
     @property
     def error(self) -> str | None:
@@ -151,19 +164,72 @@ def _load_yaml(path: Path):
         return None
 
 
+def _seconds(value) -> float | None:
+    """`value` as a finite float, or None when it is not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with id `pid` exists on this machine (signal 0 checks without signalling)."""
+    if os.name != "posix":
+        return True  # on Windows os.kill(pid, 0) would send CTRL_C_EVENT: no check there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by another user
+    return True
+
+
+def effective_status(results: dict, now: float | None = None, host: str | None = None,
+                     updated: float | None = None) -> str:
+    """The status to show for a run: results.json's "status", except that a "running" run that is not alive is "died".
+
+    `ssmbench train` writes its "pid", "host" and a "heartbeat" (time.time(), refreshed every
+    "heartbeat_interval_s" seconds while it runs). A "running" run is dead when it ran on this machine (`host`,
+    default socket.gethostname()) and no process with its pid exists, or when its heartbeat is older than
+    max(5 * heartbeat_interval_s, 120) seconds at `now` (default time.time()). A "running" results.json without a
+    heartbeat (written by older versions) stays "running" only while results.json or metrics.csv was modified
+    (`updated`, their last modification time) within the last hour, and is "died" after that; without `updated`
+    such a run cannot be judged and stays "running"."""
+    status = str(results.get("status", "unknown"))
+    if status != "running":
+        return status
+    now = time.time() if now is None else now
+    pid = results.get("pid")
+    here = results.get("host") == (socket.gethostname() if host is None else host)
+    if here and isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and not process_alive(pid):
+        return "died"
+    heartbeat = _seconds(results.get("heartbeat"))
+    if heartbeat is None:
+        if updated is None:
+            return "running"
+        last, stale = updated, LEGACY_STALE_S
+    else:
+        interval = _seconds(results.get("heartbeat_interval_s")) or DEFAULT_HEARTBEAT_INTERVAL_S
+        last, stale = heartbeat, max(HEARTBEAT_MISSES * interval, HEARTBEAT_STALE_MIN_S)
+    return "running" if now - last <= stale else "died"
+
+
 def read_run(path: Path, name: str) -> Run:
     """Everything compare needs from one run directory."""
     register_resolvers()
     run = Run(path=path, name=name, status="missing", results={"error": "no results.json"})
     results_path = path / "results.json"
     csv_path = path / "csv" / "metrics.csv"
+    modified = max((p.stat().st_mtime for p in (results_path, csv_path) if p.is_file()), default=0.0)
     if results_path.is_file():
         try:
             run.results = json.loads(results_path.read_text())
-            run.status = str(run.results.get("status", "unknown"))
+            run.status = effective_status(run.results, updated=modified)
         except (OSError, json.JSONDecodeError) as e:
             run.status = "unreadable"
             run.results = {"error": f"results.json: {e}"}
+    heartbeat = _seconds(run.results.get("heartbeat"))
+    run.updated = modified if heartbeat is None else heartbeat
     run.metrics = dict(run.results.get("metrics") or {})
     if run.status != "completed" and not run.metrics:
         run.metrics = last_logged(run.logged)
@@ -183,7 +249,6 @@ def read_run(path: Path, name: str) -> Run:
             run.choices[key] = run.results[key]
     overrides = _load_yaml(path / ".hydra" / "overrides.yaml")
     run.overrides = [str(o) for o in overrides] if isinstance(overrides, ListConfig) else []
-    run.updated = max((p.stat().st_mtime for p in (results_path, csv_path) if p.is_file()), default=0.0)
     return run
 
 
@@ -253,7 +318,7 @@ def optuna_results(runs: list[Run]) -> list[dict]:
 
 
 def age(run: Run) -> str:
-    """How long ago the run last wrote results.json or metrics.csv, e.g. '3m' or '2h'."""
+    """How long ago the run last showed a sign of life (`Run.updated`), e.g. '3m' or '2h'."""
     if not run.updated:
         return "?"
     seconds = max(0.0, time.time() - run.updated)

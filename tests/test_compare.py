@@ -4,16 +4,23 @@ import csv
 import io
 import json
 import math
+import os
+import re
+import socket
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from ssmbench.compare import compare
-from ssmbench.compare_runs import load_runs
+from ssmbench.compare_runs import effective_status, load_runs
 from ssmbench.compare_table import compare_runs
 from ssmbench.errors import UserError
+from tests.helpers import run_cli
 
 
 def make_run(path: Path, *, model="s4", seed=1, lr=1e-3, status="completed", metrics=None, curve=None,
@@ -251,3 +258,102 @@ def test_cli_dispatches_compare(mixed_runs, capsys):
     assert "error: no such run directory" in err and "Traceback" not in err
     main(["compare", "--help"])
     assert "--group-by" in capsys.readouterr().out
+
+
+HOST = socket.gethostname()
+ELSEWHERE = HOST + "-elsewhere"
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited and been reaped."""
+    proc = subprocess.Popen([sys.executable, "-c", ""])
+    proc.wait()
+    return proc.pid
+
+
+def beating(pid: int, host: str, heartbeat: float, interval: float = 30.0) -> dict:
+    """results.json fields of a run that says it is running, as `ssmbench train` writes them."""
+    return {"status": "running", "pid": pid, "host": host, "heartbeat": heartbeat, "heartbeat_interval_s": interval}
+
+
+def test_a_running_run_is_running_only_while_its_process_and_heartbeat_live():
+    now = time.time()
+    assert effective_status(beating(os.getpid(), HOST, now - 5)) == "running"
+    assert effective_status(beating(dead_pid(), HOST, now - 5)) == "died"  # fresh heartbeat, process gone
+    assert effective_status(beating(1, HOST, now - 5)) == "running"  # another user's process (or ours, as root)
+    assert effective_status(beating(dead_pid(), ELSEWHERE, now - 5)) == "running"  # not this machine's pid
+    assert effective_status(beating(os.getpid(), ELSEWHERE, now - 3600)) == "died"
+    assert effective_status(beating(dead_pid(), "node7", now - 5), host="node7") == "died"
+    # stale after max(5 * heartbeat_interval_s, 120) seconds
+    assert effective_status(beating(7, ELSEWHERE, now - 149), now=now) == "running"
+    assert effective_status(beating(7, ELSEWHERE, now - 151), now=now) == "died"
+    assert effective_status(beating(7, ELSEWHERE, now - 119, interval=10.0), now=now) == "running"
+    assert effective_status(beating(7, ELSEWHERE, now - 121, interval=10.0), now=now) == "died"
+    # results.json of older versions (no pid, no heartbeat): running while its files changed within the hour
+    assert effective_status({"status": "running"}, now=now, updated=now - 3500) == "running"
+    assert effective_status({"status": "running"}, now=now, updated=now - 3700) == "died"
+    assert effective_status({"status": "running"}) == "running"  # no modification time given: cannot tell
+    for status in ("completed", "failed", "interrupted", "preempted", "died"):
+        assert effective_status({**beating(dead_pid(), HOST, 0.0), "status": status}) == status
+
+
+@pytest.fixture
+def live_and_dead_runs(tmp_path) -> Path:
+    """Runs whose results.json says running: alive (this process, fresh heartbeat), killed (its process is gone),
+    lost (another machine, heartbeat 12 minutes old), remote (another machine, fresh heartbeat), legacy (no
+    heartbeat, files 2 hours old); and a preempted and an interrupted run."""
+    root, now = tmp_path / "live", time.time()
+    curve = [(0, 9, {"val/acc": 0.42})]
+    make_run(root / "alive", lr=1e-3, curve=curve, **beating(os.getpid(), HOST, now - 5))
+    make_run(root / "killed", lr=2e-3, curve=curve, **beating(dead_pid(), HOST, now - 5))
+    make_run(root / "lost", lr=3e-3, curve=curve, **beating(os.getpid(), ELSEWHERE, now - 720))
+    make_run(root / "remote", lr=4e-3, curve=curve, **beating(dead_pid(), ELSEWHERE, now - 5))
+    legacy = make_run(root / "legacy", lr=5e-3, status="running", curve=curve)
+    for f in (legacy / "results.json", legacy / "csv" / "metrics.csv"):
+        os.utime(f, (now - 7200, now - 7200))
+    make_run(root / "preempted", lr=6e-3, status="preempted", error="preempted by SLURM (SIGTERM)")
+    make_run(root / "interrupted", lr=7e-3, status="interrupted", error="KeyboardInterrupt")
+    return root
+
+
+def test_compare_shows_runs_that_stopped_without_saying_so_as_died(live_and_dead_runs, capsys):
+    proc = run_cli("compare", str(live_and_dead_runs), "--metrics", "val/acc", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    names = {"alive", "killed", "lost", "remote", "legacy", "preempted", "interrupted"}
+    rows = {line.split()[1]: line for line in proc.stdout.splitlines() if set(line.split()[1:2]) & names}
+    assert set(rows) == names
+    assert re.search(r"running \(\d+s ago\)", rows["alive"]) and re.search(r"running \(\d+s ago\)", rows["remote"])
+    assert re.search(r"died \(\d+s ago\)", rows["killed"])
+    assert "died (12m ago)" in rows["lost"] and "died (2h ago)" in rows["legacy"]
+    for name in ("alive", "killed", "lost", "remote", "legacy"):
+        assert "0.4200*" in rows[name], name  # last logged values, like any unfinished run
+    assert "preempted: preempted by SLURM (SIGTERM)" in rows["preempted"]
+    assert "interrupted: KeyboardInterrupt" in rows["interrupted"]
+    assert "running" not in "".join(rows[n] for n in ("killed", "lost", "legacy", "preempted", "interrupted"))
+
+    data = json.loads(run_compare(capsys, live_and_dead_runs, "--format", "json"))
+    assert {r["run"]: r["status"] for r in data["runs"]} == {
+        "alive": "running", "killed": "died", "lost": "died", "remote": "running", "legacy": "died",
+        "preempted": "preempted", "interrupted": "interrupted"}
+    (group,) = json.loads(run_compare(capsys, live_and_dead_runs, "--group-by", "model", "--format", "json"))["groups"]
+    assert group["status"] == {"running": 2, "died": 3, "preempted": 1, "interrupted": 1}
+    md = run_compare(capsys, live_and_dead_runs, "--format", "markdown")
+    assert "| lost | died (12m ago) |" in md and "| legacy | died (2h ago) |" in md
+    rows = {r["run"]: r for r in csv.DictReader(io.StringIO(run_compare(capsys, live_and_dead_runs, "--format", "csv")))}
+    assert rows["killed"]["status"] == "died" and rows["alive"]["status"] == "running"
+    by_status = json.loads(run_compare(capsys, live_and_dead_runs, "--group-by", "status", "--format", "json"))
+    assert {g["group"]["status"]: g["runs"] for g in by_status["groups"]} == {
+        "running": 2, "died": 3, "preempted": 1, "interrupted": 1}
+
+
+def test_table_colours_died_preempted_and_interrupted_like_failures(live_and_dead_runs):
+    from rich.console import Console
+
+    from ssmbench.compare_render import render_rich
+
+    console = Console(file=io.StringIO(), force_terminal=True, color_system="standard", width=400)
+    render_rich(compare_runs(load_runs([str(live_and_dead_runs)])), console)
+    lines = console.file.getvalue().splitlines()
+    for status in ("died", "preempted", "interrupted"):
+        assert any(re.search(r"\x1b\[[0-9;]*31m" + status, line) for line in lines), status  # red
+    assert any(re.search(r"\x1b\[[0-9;]*33mrunning", line) for line in lines)  # yellow
