@@ -14,10 +14,15 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ssmbench.callbacks import NonFiniteGuard, RngState
 from ssmbench.data.base import SequenceDataModule
 from ssmbench.errors import UserError
 from ssmbench.lit import SequenceLitModule
 from ssmbench.wandb_setup import wandb_run_options
+
+
+# Keys of conf/trainer that ssmbench reads itself; the others are lightning.Trainer arguments.
+SSMBENCH_TRAINER_KEYS = ("stop_on_nonfinite",)
 
 
 def instantiate_or_explain(node: DictConfig, what: str, **kwargs):
@@ -44,13 +49,24 @@ def build_model(cfg: DictConfig, dm: SequenceDataModule):
     model_name, task_name = cfg.model.get("name"), dm.name
     net = instantiate_or_explain(cfg.model, f"model {model_name}")
     if dm.causal and not net.causal:
-        raise UserError(
-            f"model {model_name} is not causal (bidirectional={net.bidirectional}) but task {task_name} "
-            f"requires a causal model: use a causal mixer and model.bidirectional=false"
-        )
+        raise UserError(f"model {model_name} is not causal but task {task_name} requires a causal model: "
+                        f"{non_causal_remedy(cfg.model)}")
     if dm.paired and dm.target == "token":
         raise UserError(f"task {task_name}: paired inputs with token-level targets are not supported")
     return net
+
+
+def non_causal_remedy(model_cfg: DictConfig) -> str:
+    """What to set so the model becomes causal, by the keys of the switches that make it not causal."""
+    mixer = model_cfg.get("mixer") or {}
+    switches = [setting for setting, wrong in (
+        ("model.bidirectional=false", model_cfg.get("bidirectional") is True),
+        ("model.mixer.bidirectional=false", mixer.get("bidirectional") is True),
+        ("model.mixer.causal=true", mixer.get("causal") is False),
+    ) if wrong]
+    if switches:
+        return "set " + " and ".join(switches)
+    return "its mixer is not causal; choose a causal model"
 
 
 def build_lit(cfg: DictConfig, net, dm) -> SequenceLitModule:
@@ -78,12 +94,14 @@ def sweep_id() -> str | None:
     return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
 
 
-def build_loggers(cfg: DictConfig, job_type: str) -> list:
+def build_loggers(cfg: DictConfig, job_type: str, wandb_run_id: str | None = None) -> list:
+    """The configured loggers; wandb's run is `wandb_run_id` when given (a resumed run continues it)."""
     loggers = []
     for key, node in (cfg.get("logger") or {}).items():
         extra = {}
         if key == "wandb":
-            extra = wandb_run_options(cfg.model.name, cfg.task.name, list(cfg.get("tags") or []), sweep_id(), job_type)
+            extra = wandb_run_options(cfg.model.name, cfg.task.name, list(cfg.get("tags") or []), sweep_id(), job_type,
+                                      run_id=wandb_run_id)
         loggers.append(instantiate_or_explain(node, f"logger {key}", **extra))
     return loggers
 
@@ -94,10 +112,24 @@ def build_callbacks(cfg: DictConfig, only: tuple[str, ...] | None = None) -> dic
     return {k: instantiate_or_explain(n, f"callback {k}") for k, n in nodes.items() if only is None or k in only}
 
 
-def build_trainer(cfg: DictConfig, job_type: str, only: tuple[str, ...] | None = None) -> tuple[dict, L.Trainer]:
-    """The callbacks (`build_callbacks`) and the Trainer with them and the loggers of `job_type` (train, eval)."""
+def build_trainer(cfg: DictConfig, job_type: str, only: tuple[str, ...] | None = None,
+                  wandb_run_id: str | None = None) -> tuple[dict, L.Trainer]:
+    """The callbacks (`build_callbacks`) and the Trainer with them and the loggers of `job_type` (train, eval).
+
+    Training always also gets RngState (random states in checkpoints, for exact resumes) and, unless
+    `trainer.stop_on_nonfinite=false` (an ssmbench key, not a Trainer argument), NonFiniteGuard."""
     callbacks = build_callbacks(cfg, only)
-    return callbacks, instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=build_loggers(cfg, job_type))
+    if job_type == "train":
+        callbacks["rng_state"] = RngState()
+        if cfg.trainer.get("stop_on_nonfinite", True):
+            callbacks["nonfinite_guard"] = NonFiniteGuard()
+    loggers = build_loggers(cfg, job_type, wandb_run_id)
+    return callbacks, instantiate(trainer_config(cfg), callbacks=list(callbacks.values()), logger=loggers)
+
+
+def trainer_config(cfg: DictConfig) -> dict:
+    """conf/trainer, resolved, without the keys ssmbench reads itself: what lightning.Trainer is built from."""
+    return {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in SSMBENCH_TRAINER_KEYS}
 
 
 def count_parameters(net) -> dict:

@@ -1,11 +1,16 @@
-"""Lightning callbacks of ssmbench."""
+"""Lightning callbacks of ssmbench: throughput, the non-finite guard, random states in checkpoints
+(the checkpoint callback itself is ssmbench.checkpointing.RunCheckpoint)."""
 
 from __future__ import annotations
 
+import random
 import time
 
 import lightning as L
+import numpy as np
 import torch
+
+from ssmbench.errors import NonFiniteError
 
 
 class ThroughputMonitor(L.Callback):
@@ -62,3 +67,77 @@ class ThroughputMonitor(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.seconds, self.samples = state_dict["seconds"], state_dict["samples"]
         self.tokens, self.steps = state_dict["tokens"], state_dict["steps"]
+
+
+class NonFiniteGuard(L.Callback):
+    """Stops training at the first non-finite loss (before its backward) or gradient (before the optimizer
+    step), so no NaN ever reaches the weights: raises NonFiniteError naming the step and which it was.
+    The gradient check is skipped under fp16 loss scaling, whose scaler skips such steps by design.
+    Switched by `trainer.stop_on_nonfinite` (default true)."""
+
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).all():
+            raise NonFiniteError(f"non-finite loss ({loss.detach().float().sum().item()}) at step {trainer.global_step} "
+                                 f"(epoch {trainer.current_epoch})")
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return
+        named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
+        if not named:
+            return
+        norms = torch._foreach_norm([g for _, g in named])
+        if torch.isfinite(torch.stack(norms).sum()):
+            return
+        name, norm = next((n, v) for (n, _), v in zip(named, norms) if not torch.isfinite(v))
+        raise NonFiniteError(f"non-finite gradient (norm {norm.item()}) of {name} at step {trainer.global_step} "
+                             f"(epoch {trainer.current_epoch})")
+
+
+def rng_states() -> dict:
+    """The global random states that training draws from: torch (CPU and every CUDA device), numpy, random,
+    as tensors and plain numbers (so checkpoints load with torch.load(weights_only=True))."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what rng_states() returned."""
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class RngState(L.Callback):
+    """Saves the global random states in every checkpoint and restores them when training resumes, just
+    before the first training batch after the restore (after the sanity check has drawn whatever it draws;
+    Lightning calls no on_train_epoch_start when it resumes mid-epoch), so dropout and every other draw
+    continue as in the uninterrupted run. Nothing between two batches draws from them: every data loader
+    has its own generator."""
+
+    def __init__(self):
+        self._to_restore: dict | None = None
+
+    def state_dict(self) -> dict:
+        return rng_states()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._to_restore = state_dict
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._to_restore is not None:
+            set_rng_states(self._to_restore)
+            self._to_restore = None

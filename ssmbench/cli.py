@@ -2,7 +2,11 @@
 
     ssmbench train [hydra overrides]          train + test, e.g. model=gru task=copy seed=2
     ssmbench train -m model=gru,transformer seed=1,2    a sweep (Hydra multirun)
+    ssmbench train resume=<run dir> [key=value]   continue a run where it stopped, in its own directory
     ssmbench eval ckpt_path=<ckpt> [overrides] test a checkpoint
+
+Errors end in one line (exit 2 for a bad input, 1 for a failed run, 130/143 for SIGINT/SIGTERM);
+`--verbose` (or HYDRA_FULL_ERROR=1) adds the traceback.
 
 `train` and `eval` are Hydra applications over conf/ (so --help, --cfg job, -m, --config-dir
 behave as in any Hydra app). Lightning's DDP launcher re-runs `sys.argv` in its child processes;
@@ -15,11 +19,14 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from pathlib import Path
 from typing import Callable
 
 from ssmbench import __version__
 from ssmbench.config import config_dir, config_groups, register_resolvers
-from ssmbench.errors import UserError
+from ssmbench.errors import RunFailed, UserError
+from ssmbench.interrupts import RunInterrupted
+from ssmbench.resume import resume_arguments
 
 COMMANDS = {
     "train": "train a model on a task, test the best checkpoint, write results.json",
@@ -53,11 +60,20 @@ def print_help() -> None:
     )
 
 
+def verbose() -> bool:
+    """Tracebacks wanted: `--verbose` on the command line, or Hydra's HYDRA_FULL_ERROR=1."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
 def fail(message: str, code: int = 2) -> None:
-    """Print `error: message` (one line, no traceback) to stderr and exit."""
+    """Print `error: message` (one line; the traceback too when verbose()) to stderr and exit."""
+    import traceback
+
     from rich.console import Console
     from rich.text import Text
 
+    if verbose() and sys.exc_info()[0] is not None:
+        traceback.print_exc()
     Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), message))
     raise SystemExit(code)
 
@@ -93,10 +109,13 @@ def _hydra_app(command: str, job: Callable, argv: list[str]) -> None:
         sys.argv = [program, *child_argv]
         try:
             return job(cfg, typed, replay)
-        except UserError as e:
+        except (UserError, RunFailed) as e:
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 raise  # the sweeper records the job as failed (Optuna goes on with the next trial)
-            fail(str(e))
+            fail(str(e), 2 if isinstance(e, UserError) else 1)
+        except RunInterrupted as e:
+            fail(f"{e}; {e.status} (results.json), checkpoint in {HydraConfig.get().runtime.output_dir}/checkpoints; "
+                 f"continue with: ssmbench train resume={HydraConfig.get().runtime.output_dir}", e.exit_code)
 
     os.environ["SSMBENCH_COMMAND"] = command  # hydra.job.name (conf/hydra/default.yaml): log file, help title
     sys.argv = [program, *argv]
@@ -104,8 +123,13 @@ def _hydra_app(command: str, job: Callable, argv: list[str]) -> None:
 
 
 def _train(cfg, typed: str, replay: str):
+    from hydra.core.hydra_config import HydraConfig
+
+    from ssmbench.resume import resumed_config
     from ssmbench.train import train
 
+    if cfg.get("resume"):
+        cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task))
     return train(cfg, command=typed, replay=replay)
 
 
@@ -113,6 +137,49 @@ def _eval(cfg, typed: str, replay: str):
     from ssmbench.evaluate import evaluate
 
     return evaluate(cfg, command=typed)
+
+
+def _given(argv: list[str], key: str) -> str | None:
+    """The value of `key=...` (or +key=) on the command line, if given."""
+    for arg in argv:
+        name, _, value = arg.partition("=")
+        if name.lstrip("+") == key and _:
+            return value
+    return None
+
+
+def _check_writable(directory: str, key: str) -> None:
+    """`directory` can be created and written (its nearest existing ancestor is a writable directory)."""
+    path = Path(directory).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{key}={directory}: cannot create it, {existing} is a file; give a directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{key}={directory}: cannot create it, {existing} is not writable; "
+                        f"run from a writable directory or set {key} to one")
+
+
+def _prepare_job_arguments(command: str, argv: list[str]) -> list[str]:
+    """The Hydra arguments of `ssmbench train|eval argv`, checked where that needs no composed config:
+    output locations can be created, an explicit hydra.run.dir holds no other run, resume= is valid."""
+    run_dir = _given(argv, "hydra.run.dir")
+    resume = _given(argv, "resume")
+    if resume is not None and command == "train":
+        argv = resume_arguments(resume, [a for a in argv if _given([a], "resume") is None], list(config_groups()))
+        run_dir = _given(argv, "hydra.run.dir")
+    elif command == "train" and run_dir and "$" not in run_dir and os.environ.get("LOCAL_RANK", "0") == "0":
+        if (Path(run_dir) / "results.json").exists() and int(os.environ.get("SLURM_RESTART_COUNT", "0")) == 0:
+            raise UserError(f"hydra.run.dir={run_dir} already holds a run (results.json); continue it with "
+                            f"`ssmbench train resume={run_dir}`, or give another directory")
+    if command == "eval" and not run_dir:
+        argv = ["hydra.run.dir=${paths.log_dir}/eval/${now:%Y-%m-%d}_${now:%H-%M-%S}_${unique:}", *argv]
+    for key in ("hydra.run.dir", "hydra.sweep.dir", "paths.log_dir"):
+        value = _given(argv, key)
+        if value and "$" not in value:
+            _check_writable(value, key)
+    if not any(_given(argv, k) for k in ("hydra.run.dir", "hydra.sweep.dir", "paths.log_dir")):
+        _check_writable("outputs", "paths.log_dir")
+    return argv
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,12 +192,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ssmbench {__version__}")
         return
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        _hydra_app("train", _train, rest)
-    elif command == "eval":
-        if not any(a.startswith("hydra.run.dir=") for a in rest):
-            rest = ["hydra.run.dir=${paths.log_dir}/eval/${now:%Y-%m-%d}_${now:%H-%M-%S}", *rest]
-        _hydra_app("eval", _eval, rest)
+    if "--verbose" in rest:
+        rest = [a for a in rest if a != "--verbose"]
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    if command in ("train", "eval"):
+        try:
+            rest = _prepare_job_arguments(command, rest)
+        except UserError as e:
+            fail(str(e))
+        _hydra_app(command, _train if command == "train" else _eval, rest)
     elif command == "compare":
         from ssmbench.compare import compare
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import secrets
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -33,11 +34,15 @@ def config_groups(root: Path | None = None) -> dict[str, list[str]]:
 
 def register_resolvers() -> None:
     """`${add:a,b,...}` and `${mul:a,b,...}`: the sum and the product of numbers, for task metadata
-    derived from other keys (vocab_size = n_symbols + 2, seq_len = resolution * resolution)."""
+    derived from other keys (vocab_size = n_symbols + 2, seq_len = resolution * resolution).
+    `${unique:}`: 6 random hex digits, drawn once per config (cached like Hydra's `${now:}`, whose cache a
+    multirun copies to every job), that make run directories started in the same second distinct."""
     if not OmegaConf.has_resolver("add"):
         OmegaConf.register_new_resolver("add", lambda *xs: sum(xs))
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", lambda *xs: math.prod(xs))
+    if not OmegaConf.has_resolver("unique"):
+        OmegaConf.register_new_resolver("unique", lambda: secrets.token_hex(3), use_cache=True)
 
 
 def print_config_tree(cfg: DictConfig, order: tuple[str, ...] = ("task", "model", "trainer", "optimizer", "scheduler")) -> None:

@@ -1,4 +1,4 @@
-"""User-facing errors: each ends the command with one clear line and a non-zero exit, no traceback."""
+"""Errors that end a command with one clear line and a non-zero exit, no traceback (see ssmbench.cli.fail)."""
 
 
 class UserError(Exception):
@@ -6,3 +6,12 @@ class UserError(Exception):
 
     The message is one sentence that names the bad value and says what to do.
     """
+
+
+class RunFailed(Exception):
+    """A run that cannot go on for a reason of its own (not a user mistake, not a bug in ssmbench):
+    reported in one line, recorded in results.json as `failed` with this message, exit code 1."""
+
+
+class NonFiniteError(RunFailed):
+    """A non-finite loss or gradient; the message names the step and which it was."""

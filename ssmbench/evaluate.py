@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ssmbench.build import build_modules, build_trainer, count_parameters
 from ssmbench.errors import UserError
+from ssmbench.lit import complete_metric_states
+from ssmbench.preflight import load_checkpoint
 from ssmbench.runinfo import git_commit, write_results
 from ssmbench.wandb_setup import finish_wandb
 
@@ -25,56 +26,52 @@ RUNTIME_KEYS = ("trainer", "logger", "callbacks", "paths")
 MODEL_KEYS = ("task", "model", "seed", "optimizer", "scheduler")
 
 
-def load_checkpoint(path: str | None) -> dict:
-    """torch.load(weights_only=True) of an ssmbench checkpoint, or a UserError that says what is wrong."""
-    if not path:
-        raise UserError("eval needs a checkpoint: ssmbench eval ckpt_path=<run dir>/checkpoints/last.ckpt")
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"checkpoint not found: {p} (look in <run dir>/checkpoints/)")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{p} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})".replace("\n", " ")) from e
-    if not isinstance(ckpt, dict) or "config" not in ckpt.get("hyper_parameters", {}) or "state_dict" not in ckpt:
-        raise UserError(f"{p} is not an ssmbench checkpoint (no stored run config); train it with `ssmbench train`")
-    return ckpt
-
-
-def eval_config(stored: dict, cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """The stored run config, with the eval command's runtime groups and its task/model overrides."""
+def eval_config(stored: dict, cfg: DictConfig, overrides: list[str], ckpt_path: str) -> DictConfig:
+    """The stored run config, with the eval command's runtime groups and its task/model overrides.
+    Choosing another model (model=...) is refused: the checkpoint's weights fit only its own."""
     run_cfg = OmegaConf.create(stored)
     for key in RUNTIME_KEYS:
         run_cfg[key] = cfg.get(key)
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
+        if key == "model":
+            raise UserError(f"{ckpt_path} holds a {stored.get('model', {}).get('name')} model; eval rebuilds the model "
+                            f"it was trained with, so drop {override!r} (model.* keys that keep the weights' "
+                            "shapes, e.g. model.dropout, may be overridden)")
         if key.split(".")[0] in MODEL_KEYS:
             OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
     return run_cfg
 
 
 def evaluate(cfg: DictConfig, command: str) -> dict:
-    ckpt = load_checkpoint(cfg.get("ckpt_path"))
-    run_cfg = eval_config(ckpt["hyper_parameters"]["config"], cfg, list(HydraConfig.get().overrides.task))
+    """Test the checkpoint `cfg.ckpt_path`; results.json in the eval run directory says how it went
+    (completed with the metrics, or failed with the error)."""
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    results = {"status": "running", "ckpt_path": str(cfg.get("ckpt_path")), "command": command, **git_commit()}
     try:
+        if not cfg.get("ckpt_path"):
+            raise UserError("eval needs a checkpoint: ssmbench eval ckpt_path=<run dir>/checkpoints/last.ckpt")
+        ckpt = load_checkpoint(cfg.ckpt_path)
+        results["ckpt_path"] = str(Path(cfg.ckpt_path).resolve())
+        run_cfg = eval_config(ckpt["hyper_parameters"]["config"], cfg, list(HydraConfig.get().overrides.task),
+                              cfg.ckpt_path)
+        results.update(model=run_cfg.model.name, task=run_cfg.task.name)
         dm, net, lit = build_modules(run_cfg)
-        lit.load_state_dict(ckpt["state_dict"])
+        results.update(count_parameters(net))
+        try:
+            complete_metric_states(lit, ckpt["state_dict"])
+            lit.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as e:
+            raise UserError(f"{cfg.ckpt_path} does not fit the model this eval builds "
+                            f"({str(e).splitlines()[-1].strip()}); drop the model.* overrides that change shapes") from e
         _, trainer = build_trainer(run_cfg, "eval", only=("progress_bar",))
-        metrics = trainer.test(lit, datamodule=dm)[0]
+        results.update(status="completed", metrics=trainer.test(lit, datamodule=dm)[0])
+    except BaseException as e:
+        results.update(status="failed", error=f"{type(e).__name__}: {e}" if not isinstance(e, UserError) else str(e))
+        raise
     finally:
         finish_wandb()
-    results = {
-        "status": "completed",
-        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
-        "model": run_cfg.model.name,
-        "task": run_cfg.task.name,
-        "metrics": metrics,
-        "command": command,
-        **count_parameters(net),
-        **git_commit(),
-    }
-    write_results(out / "results.json", results)
+        write_results(out / "results.json", results)
     log.info("results: %s", out / "results.json")
     return results

@@ -45,6 +45,8 @@ class SequenceLitModule(L.LightningModule):
         )
         self.mean_loss = torch.nn.ModuleDict({f"{split}_loss": MeanMetric() for split in ("train", "val", "test")})
         self.val_acc_best = MaxMetric()
+        for metric in (self.val_acc_best, self.metrics["train_acc"], self.mean_loss["train_loss"]):
+            metric.persistent(True)  # in checkpoints: a resumed run continues the epoch's sums and the best
         self._metric_modules: list[torch.nn.Module] | None = None
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -96,6 +98,10 @@ class SequenceLitModule(L.LightningModule):
     def test_step(self, batch: tuple, batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints written before metric states were saved lack them: those start afresh."""
+        complete_metric_states(self, checkpoint["state_dict"])
+
     def configure_optimizers(self) -> Any:
         keywords = getattr(self.optimizer_factory, "keywords", {})
         lr, weight_decay = keywords.get("lr", 1e-3), keywords.get("weight_decay", 0.0)
@@ -106,3 +112,11 @@ class SequenceLitModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
+
+
+def complete_metric_states(module: SequenceLitModule, state_dict: dict) -> None:
+    """Add to `state_dict`, in place, the metric states of `module` that it lacks (older checkpoints)."""
+    own = module.state_dict()
+    for key in own.keys() - state_dict.keys():
+        if key.startswith(("metrics.", "mean_loss.", "val_acc_best.")):
+            state_dict[key] = own[key]

@@ -6,8 +6,11 @@ import json
 import math
 import os
 import shlex
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from ssmbench.config import PACKAGE_DIR
@@ -47,8 +50,60 @@ def jsonable(value):
 
 
 def write_results(path: Path, results: dict) -> None:
-    """Write results.json atomically (a reader never sees half a file)."""
+    """Write results.json atomically (a reader never sees half a file; concurrent writers never share a
+    temporary file)."""
     path = Path(path)
-    tmp = path.with_suffix(".json.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(jsonable(results), indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+def read_results(path: Path) -> dict:
+    """The results.json at `path` ({} when there is none or it cannot be read)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class RunRecord:
+    """A run's results.json, kept true while the run lives.
+
+    It records who runs it (`pid`, `host`) and a `heartbeat` (time.time()) that a background thread
+    renews every `heartbeat_interval_s` seconds, so `ssmbench compare` can tell a run that is still
+    going from one whose process died without a word (SIGKILL, out-of-memory kill, power loss).
+    Every write replaces the whole file atomically, under a lock shared with the heartbeat thread.
+    """
+
+    def __init__(self, path: Path, results: dict, heartbeat_interval_s: float = 30.0):
+        self.path = Path(path)
+        self.results = dict(results)
+        self.interval = heartbeat_interval_s
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def claim(self, exclusive: bool) -> None:
+        """Create results.json; with `exclusive`, fail (FileExistsError) if the directory already holds a run's."""
+        if exclusive:
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        self.update(pid=os.getpid(), host=socket.gethostname(), heartbeat_interval_s=self.interval)
+        self._thread = threading.Thread(target=self._beat, name="ssmbench-heartbeat", daemon=True)
+        self._thread.start()
+
+    def update(self, **fields) -> None:
+        """Merge `fields` into the record and write it, with a fresh heartbeat."""
+        with self._lock:
+            self.results.update(fields)
+            self.results["heartbeat"] = time.time()
+            write_results(self.path, self.results)
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(self.interval):
+            self.update()
+
+    def close(self) -> None:
+        """Stop the heartbeat (the last write stays as it is)."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()

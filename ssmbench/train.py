@@ -2,29 +2,41 @@
 
 The run directory (Hydra's output dir) ends up holding:
     .hydra/{config,overrides,hydra}.yaml   the composed config and the command-line overrides
-    checkpoints/{epoch_NNN,last}.ckpt      best (by val/acc) and last
+    checkpoints/epoch_NNN.ckpt, last.ckpt  best (by val/acc), and the state after the last completed epoch
     csv/metrics.csv                        every logged metric (and wandb/, tensorboard/ if chosen)
     results.json                           status, final metrics, val/acc_best, parameter count,
                                            wall time, throughput, git commit, command lines
-`results.json` is written at the start (status "running") and rewritten at the end ("completed")
-or on failure ("failed", with the error), so unfinished runs are visible.
+`results.json` is created at the start (status "running", with pid, host and a heartbeat renewed every
+30 s) and rewritten when the run ends: "completed"; "failed" with the error (a non-finite loss among
+them); "interrupted" or "preempted" by a signal, after a checkpoint at the batch where it stopped.
+
+A run continues from a checkpoint when `resume=<run dir>` is given (in its own directory, see
+ssmbench.resume), when `ckpt_path=` is given (in a new directory), or when SLURM has requeued the job.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import resource
+import signal
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
 
-from ssmbench.build import build_lit, build_modules, build_trainer, count_parameters  # noqa: F401 (ssmbench.train.build_lit)
+from ssmbench.build import build_modules, build_trainer, count_parameters
 from ssmbench.config import print_config_tree
-from ssmbench.runinfo import git_commit, write_results
+from ssmbench.errors import RunFailed, UserError
+from ssmbench.loggers import CSVLogger
+from ssmbench.interrupts import GUARD, RunInterrupted, interrupts_handled
+from ssmbench.preflight import check_checkpoint_fits, check_config
+from ssmbench.runinfo import RunRecord, git_commit, read_results
 from ssmbench.wandb_setup import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -33,6 +45,9 @@ log = logging.getLogger(__name__)
 # Set by Lightning's DDP launcher in the launching process; while LOCAL_RANK is set, Lightning
 # believes processes are created externally and would not launch the next job's children.
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+# What the size of a run's tensors grows with, named in the out-of-memory message.
+SIZE_SETTINGS = ("task.batch_size", "task.seq_len", "model.d_model", "model.n_layers")
+THROUGHPUT_SCOPE = "every training step of this run, resumed segments included (not the work lost to a fault)"
 
 
 def end_distributed(env_before: dict[str, str | None]) -> None:
@@ -47,72 +62,143 @@ def end_distributed(env_before: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
+def requeued() -> bool:
+    """SLURM has requeued this job (preempted or timed out), to run again in the same directory."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+
+
 def resume_from(cfg: DictConfig, out: Path) -> str | None:
-    """The checkpoint to continue from: `ckpt_path` if given, else this run's last.ckpt when SLURM has
-    requeued the job (SLURM_RESTART_COUNT > 0: preempted or timed out, rerun in the same directory)."""
+    """The checkpoint to continue from: `ckpt_path` if given; else, when the run continues in its own
+    directory (`resume=` or a SLURM requeue), its last.ckpt if it has one (a run that died before its
+    first checkpoint starts over)."""
     if cfg.get("ckpt_path"):
-        return cfg.ckpt_path
+        return str(cfg.ckpt_path)
     last = out / "checkpoints" / "last.ckpt"
-    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
-    return str(last) if requeued and last.is_file() else None
+    return str(last) if (cfg.get("resume") or requeued()) and last.is_file() else None
 
 
 def _metrics(trainer: L.Trainer) -> dict:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
+def out_of_memory_message(e: BaseException, cfg: DictConfig, phase: str) -> str | None:
+    """One line for an allocation failure (CUDA or CPU): what was asked, the peak, the settings that drive
+    the sizes; None when `e` is no allocation failure."""
+    text = str(e)
+    cpu = re.search(r"allocate (?:memory: you tried to allocate )?(\d+) bytes", text)
+    if not isinstance(e, torch.OutOfMemoryError) and not cpu:
+        return None
+    gib = 2.0 ** 30
+    if cpu:
+        asked = f"{int(cpu.group(1)) / gib:.2f} GiB"
+        peak = f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB"
+    else:
+        found = re.search(r"Tried to allocate ([\d.]+ \w+)", text)
+        asked = found.group(1) if found else "more than is free"
+        peak = f"peak allocated {torch.cuda.max_memory_allocated() / gib:.2f} GiB" if torch.cuda.is_available() else ""
+    settings = ", ".join(f"{k}={v}" for k in SIZE_SETTINGS if (v := OmegaConf.select(cfg, k, default=None)) is not None)
+    return f"out of memory while {phase}: a tensor of {asked} did not fit ({peak}); lower one of {settings}"
+
+
 def train(cfg: DictConfig, command: str, replay: str) -> float | None:
     """Train and test one configuration; returns the value of `cfg.optimized_metric` (for sweepers)."""
     out = Path(cfg.paths.output_dir)
-    results_path = out / "results.json"
-    results = {
-        "status": "running",
-        "model": cfg.model.name,
-        "task": cfg.task.name,
-        "seed": cfg.seed,
-        "command": command,
-        "replay": replay,
-        **git_commit(),
-    }
-    is_zero = rank_zero_only.rank == 0
-    if is_zero:
+    continuing = bool(cfg.get("resume")) or requeued()
+    ckpt_path = resume_from(cfg, out)
+    previous = read_results(out / "results.json") if continuing else {}
+    wall_before = float(previous.get("wall_time_s") or 0.0)
+    record = None
+    if rank_zero_only.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        write_results(results_path, results)
-        if cfg.get("print_config"):
-            print_config_tree(cfg)
+        record = RunRecord(out / "results.json", {
+            "status": "running",
+            "model": cfg.model.name,
+            "task": cfg.task.name,
+            "seed": cfg.seed,
+            "command": command,
+            "replay": replay,
+            "resumed_from": ckpt_path,
+            "resumes": previous.get("resumes", -1) + 1 if continuing else 0,
+            "wandb_run_id": previous.get("wandb_run_id") or _new_wandb_id(cfg),
+            **git_commit(),
+        })
+        try:
+            record.claim(exclusive=not continuing)
+        except FileExistsError:
+            raise UserError(f"{out} already holds a run (results.json); continue it with resume={out}, "
+                            "or give another hydra.run.dir") from None
     start = time.time()
     env_before = {key: os.environ.get(key) for key in DDP_ENV}
-    try:
-        dm, net, lit = build_modules(cfg)
-        results.update(count_parameters(net))
-        callbacks, trainer = build_trainer(cfg, "train")
-        trainer.fit(lit, datamodule=dm, ckpt_path=resume_from(cfg, out))
-        fit_metrics = _metrics(trainer)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        test_metrics = trainer.test(lit, datamodule=dm, ckpt_path=best or None, weights_only=True)[0]
-        results.update(
-            {
-                "status": "completed",
-                "metrics": {**fit_metrics, **test_metrics},
-                "best_checkpoint": best or None,
-                "epochs": trainer.current_epoch,
-                "global_step": trainer.global_step,
-                "wall_time_s": time.time() - start,
-            }
-        )
-        if "throughput" in callbacks:
-            results.update(callbacks["throughput"].summary())
-        if is_zero:
-            write_results(results_path, results)
-            log.info("results: %s", results_path)
-        value = results["metrics"].get(cfg.optimized_metric)
-        return value
-    except BaseException as e:
-        if is_zero:
-            failed = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            write_results(results_path, {**results, "status": failed, "error": f"{type(e).__name__}: {e}",
-                                         "wall_time_s": time.time() - start})
-        raise
-    finally:
-        finish_wandb()
-        end_distributed(env_before)
+    phase = "building the task and the model"
+
+    def end(status: str, **fields) -> None:
+        if record:
+            record.update(status=status, wall_time_s=wall_before + time.time() - start, **fields)
+
+    with interrupts_handled():
+        try:
+            check_config(cfg)
+            start_step = check_checkpoint_fits(ckpt_path, cfg)["global_step"] if ckpt_path else 0
+            if record and cfg.get("print_config"):
+                print_config_tree(cfg)
+            dm, net, lit = build_modules(cfg)
+            end("running", **count_parameters(net))
+            callbacks, trainer = build_trainer(cfg, "train", wandb_run_id=record.results["wandb_run_id"] if record
+                                               else None)
+            if continuing:
+                for logger in trainer.loggers:
+                    if isinstance(logger, CSVLogger):
+                        logger.continue_from_step = start_step
+            phase = "training"
+            GUARD.deferring = True
+            trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path)
+            GUARD.deferring = False
+            GUARD.raise_pending()
+            throughput = callbacks["throughput"].summary() if "throughput" in callbacks else {}
+            fit_metrics = _metrics(trainer)
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            phase = "testing"
+            test_metrics = trainer.test(lit, datamodule=dm, ckpt_path=best or None, weights_only=True)[0]
+            metrics = {**fit_metrics, **test_metrics}
+            end("completed", metrics=metrics, best_checkpoint=best or None,
+                epochs=trainer.current_epoch, global_step=trainer.global_step,
+                **({**throughput, "throughput_scope": THROUGHPUT_SCOPE} if throughput else {}))
+            if record:
+                log.info("results: %s", out / "results.json")
+            return metrics.get(cfg.optimized_metric)
+        except SIGTERMException:  # Lightning's own SIGTERM check between two batches (checkpoint saved)
+            interrupted = RunInterrupted(signal.SIGTERM)
+            end(interrupted.status, error=str(interrupted))
+            raise interrupted from None
+        except RunInterrupted as e:
+            end(e.status, error=str(e))
+            raise
+        except RunFailed as e:
+            end("failed", error=f"{e}; last good checkpoint: {_last_checkpoint(out)}")
+            raise
+        except BaseException as e:
+            message = out_of_memory_message(e, cfg, phase)
+            end("failed", error=message or (str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"))
+            if message:
+                raise UserError(message) from e
+            raise
+        finally:
+            GUARD.deferring = False
+            if record:
+                record.close()
+            finish_wandb()
+            end_distributed(env_before)
+
+
+def _last_checkpoint(out: Path) -> str:
+    last = out / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else "none (no epoch completed)"
+
+
+def _new_wandb_id(cfg: DictConfig) -> str | None:
+    """A fresh wandb run id when wandb logs this run (stored in results.json, so a resume continues it)."""
+    if "wandb" not in (cfg.get("logger") or {}):
+        return None
+    import secrets
+
+    return secrets.token_hex(4)

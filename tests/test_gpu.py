@@ -8,9 +8,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from ssmbench.build import build_model, build_task
+from ssmbench.build import build_lit, build_model, build_task, trainer_config
 from ssmbench.config import config_groups
-from ssmbench.train import build_lit
 from tests.compose import composed
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -51,7 +50,7 @@ def test_trainer_gpu_fast_dev_run(model, tmp_path):
                   output_dir=tmp_path) as cfg:
         dm = build_task(cfg)
         lit = build_lit(cfg, build_model(cfg, dm), dm)
-        trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
+        trainer = instantiate(trainer_config(cfg), logger=False, callbacks=[], enable_checkpointing=False,
                               enable_progress_bar=False)
         trainer.fit(lit, datamodule=dm)
         (result,) = trainer.test(lit, datamodule=dm, verbose=False)

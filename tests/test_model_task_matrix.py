@@ -10,10 +10,9 @@ import math
 import pytest
 from hydra.utils import instantiate
 
-from ssmbench.build import build_model, build_task
+from ssmbench.build import build_lit, build_model, build_task, trainer_config
 from ssmbench.config import config_groups
 from ssmbench.errors import UserError
-from ssmbench.train import build_lit
 from tests.compose import composed
 from tests.task_fixtures import FIXTURES
 
@@ -35,7 +34,7 @@ def test_fast_dev_run(model, task, tmp_path):
             return
         net = build_model(cfg, dm)
         lit = build_lit(cfg, net, dm)
-        trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
+        trainer = instantiate(trainer_config(cfg), logger=False, callbacks=[], enable_checkpointing=False,
                               enable_progress_bar=False)
         trainer.fit(lit, datamodule=dm)
         (result,) = trainer.test(lit, datamodule=dm, verbose=False)

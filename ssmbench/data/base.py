@@ -23,11 +23,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ssmbench.data.sampling import EpochSampler
 from ssmbench.errors import UserError
 
 IGNORE_INDEX = -100
@@ -59,14 +61,24 @@ def dataset_labels(ds: Dataset) -> torch.Tensor | None:
     return getattr(ds, "labels", None)
 
 
-def check_labels(y: torch.Tensor, n_classes: int, where: str) -> None:
-    """Raise TaskDataError unless every label of `y` (IGNORE_INDEX aside) lies in [0, n_classes)."""
-    labelled = y[y != IGNORE_INDEX]
-    if labelled.numel() and (labelled.min() < 0 or labelled.max() >= n_classes):
-        raise TaskDataError(
-            f"{where}: labels outside [0, {n_classes}) (found {int(labelled.min())}..{int(labelled.max())}); "
-            f"the task's n_classes does not match its data"
-        )
+def check_labels(y: torch.Tensor, n_classes: int, where: str, origin: Callable[[int], str] | None = None) -> None:
+    """Raise TaskDataError unless every label of `y` ((N,) or (N, L); IGNORE_INDEX aside) lies in [0, n_classes).
+
+    The message names `where` (the task and split) and the first example i with a label outside, with
+    `origin(i)` (where that example was read from, e.g. a file and row) when the dataset can tell.
+    """
+    labelled = y != IGNORE_INDEX
+    outside = labelled & ((y < 0) | (y >= n_classes))
+    if not outside.any():
+        return
+    first = outside.nonzero()[0]
+    example, value = int(first[0]), int(y[tuple(first)])
+    found = f"found {int(y[labelled].min())}..{int(y[labelled].max())}"
+    if origin is None:
+        raise TaskDataError(f"{where}: labels outside [0, {n_classes}) ({found}; example {example} has {value}); "
+                            f"the task's n_classes does not match its data")
+    raise TaskDataError(f"{where}: labels outside [0, {n_classes}) ({found}); example {example} has label {value}, "
+                        f"read from {origin(example)}; fix or replace that file, or set task.n_classes to match it")
 
 
 class SequenceDataModule(L.LightningDataModule):
@@ -114,6 +126,7 @@ class SequenceDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self._resume_position: tuple[int, int] = (0, 0)   # (epoch, batches of it done)
 
     def load_splits(self) -> tuple[Dataset, Dataset, Dataset]:
         """The train, validation and test datasets (generated, or read from `data_dir`)."""
@@ -130,19 +143,40 @@ class SequenceDataModule(L.LightningDataModule):
         for split_name, ds in zip(("train", "val", "test"), splits):
             labels = dataset_labels(ds)
             if labels is not None:
-                check_labels(labels, self.n_classes, f"task {self.name}, {split_name} split")
+                check_labels(labels, self.n_classes, f"task {self.name}, {split_name} split",
+                             getattr(ds, "origin", None))
         self.train_set, self.val_set, self.test_set = splits
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+        """Training batches in the order of an EpochSampler (resumable, a function of seed and epoch);
+        evaluation batches in dataset order. Every loader has its own generator, so creating one never
+        draws from the global RNG (dropout's), which keeps a resumed run bit-identical."""
+        sampler = None
+        if train:
+            sampler = EpochSampler(len(ds), self.seed)
+            epoch, batches_done = self._resume_position
+            start = batches_done * self.batch_size
+            sampler.resume_at(*((epoch, start) if start < len(ds) else (epoch + 1, 0)))
         return DataLoader(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
+
+    def state_dict(self) -> dict:
+        """How far training has read (saved in every checkpoint): the epoch, and the batches of it done."""
+        if self.trainer is None:
+            return {}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self.trainer.current_epoch, "batches_done": done}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Make the next training loader start at the first batch the checkpointed run had not read."""
+        self._resume_position = (int(state_dict.get("epoch", 0)), int(state_dict.get("batches_done", 0)))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
