@@ -18,7 +18,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ssmbench.interrupts import GUARD
+from ssmbench.interrupts import GUARD, take_over_sigterm
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -75,7 +75,13 @@ class RunCheckpoint(ModelCheckpoint):
         if self._stop_requested(trainer):
             GUARD.stop()
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        if trainer.world_size == 1:
+            take_over_sigterm()
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        """Lightning's own SIGTERM check stops the loop between two batches: a consistent state to save."""
-        if isinstance(exception, SIGTERMException) and trainer.global_step != self._last_saved_step:
+        """Lightning's own SIGTERM check (DDP) stops the loop between two training batches: a consistent
+        state to save. Mid-validation it is not: last.ckpt then stays the previous one."""
+        if isinstance(exception, SIGTERMException) and trainer.training and trainer.global_step != self._last_saved_step:
             self.write_last(trainer)

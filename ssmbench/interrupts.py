@@ -68,6 +68,16 @@ class InterruptGuard:
 GUARD = InterruptGuard()
 
 
+def take_over_sigterm() -> None:
+    """Make GUARD the SIGTERM handler again (main thread only). Lightning registers its own at the start of
+    fit, which raises at the next batch wherever it is, mid-validation too; in a single process GUARD's
+    deferral saves more (DDP keeps Lightning's, which also stops the other ranks)."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, GUARD.handle)
+
+
 @contextmanager
 def interrupts_handled():
     """Install GUARD for SIGINT and SIGTERM (main thread only) for the duration; restore the old handlers."""

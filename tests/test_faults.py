@@ -117,6 +117,7 @@ def test_last_ckpt_is_the_last_epoch_even_when_the_best_is_older(tmp_path):
     assert Path(done["best_checkpoint"]).name == "epoch_000.ckpt"
     last = checkpoint(tmp_path / "run")
     assert last["epoch"] == 2 and last["global_step"] == done["global_step"] == 24
+    assert done["train_steps"] == 24  # throughput over the whole run, not up to the best checkpoint
     assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
 
 
