@@ -71,14 +71,15 @@ class ThroughputMonitor(L.Callback):
 
 class NonFiniteGuard(L.Callback):
     """Stops training at the first non-finite loss (before its backward) or gradient (before the optimizer
-    step), so no NaN ever reaches the weights: raises NonFiniteError naming the step and which it was.
+    step), so no NaN ever reaches the weights: raises NonFiniteError naming the step, which it was and the
+    last good checkpoint (last.ckpt, if one was written).
     The gradient check is skipped under fp16 loss scaling, whose scaler skips such steps by design.
     Switched by `trainer.stop_on_nonfinite` (default true)."""
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss).all():
             raise NonFiniteError(f"non-finite loss ({loss.detach().float().sum().item()}) at step {trainer.global_step} "
-                                 f"(epoch {trainer.current_epoch})")
+                                 f"(epoch {trainer.current_epoch}){_advice(trainer)}")
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
@@ -91,7 +92,13 @@ class NonFiniteGuard(L.Callback):
             return
         name, norm = next((n, v) for (n, _), v in zip(named, norms) if not torch.isfinite(v))
         raise NonFiniteError(f"non-finite gradient (norm {norm.item()}) of {name} at step {trainer.global_step} "
-                             f"(epoch {trainer.current_epoch})")
+                             f"(epoch {trainer.current_epoch}){_advice(trainer)}")
+
+
+def _advice(trainer) -> str:
+    last = getattr(trainer.checkpoint_callback, "last_model_path", "") if hasattr(trainer, "checkpoint_callback") else ""
+    return (f"; last good checkpoint: {last or 'none'}; lower optimizer.lr or set trainer.gradient_clip_val "
+            "(trainer.stop_on_nonfinite=false trains on)")
 
 
 def rng_states() -> dict:

@@ -18,7 +18,7 @@ from ssmbench.build import build_modules, build_trainer, count_parameters
 from ssmbench.errors import UserError
 from ssmbench.lit import complete_metric_states
 from ssmbench.preflight import load_checkpoint
-from ssmbench.runinfo import git_commit, write_results
+from ssmbench.runinfo import RunRecord, git_commit, recorded
 from ssmbench.wandb_setup import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -48,30 +48,31 @@ def evaluate(cfg: DictConfig, command: str) -> dict:
     (completed with the metrics, or failed with the error)."""
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"status": "running", "ckpt_path": str(cfg.get("ckpt_path")), "command": command, **git_commit()}
-    try:
-        if not cfg.get("ckpt_path"):
-            raise UserError("eval needs a checkpoint: ssmbench eval ckpt_path=<run dir>/checkpoints/last.ckpt")
-        ckpt = load_checkpoint(cfg.ckpt_path)
-        results["ckpt_path"] = str(Path(cfg.ckpt_path).resolve())
-        run_cfg = eval_config(ckpt["hyper_parameters"]["config"], cfg, list(HydraConfig.get().overrides.task),
-                              cfg.ckpt_path)
-        results.update(model=run_cfg.model.name, task=run_cfg.task.name)
-        dm, net, lit = build_modules(run_cfg)
-        results.update(count_parameters(net))
+    record = RunRecord(out / "results.json", {"status": "running", "ckpt_path": str(cfg.get("ckpt_path")),
+                                              "command": command, **git_commit()})
+    record.claim(exclusive=False)
+    with recorded(record):
         try:
-            complete_metric_states(lit, ckpt["state_dict"])
-            lit.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as e:
-            raise UserError(f"{cfg.ckpt_path} does not fit the model this eval builds "
-                            f"({str(e).splitlines()[-1].strip()}); drop the model.* overrides that change shapes") from e
-        _, trainer = build_trainer(run_cfg, "eval", only=("progress_bar",))
-        results.update(status="completed", metrics=trainer.test(lit, datamodule=dm)[0])
-    except BaseException as e:
-        results.update(status="failed", error=f"{type(e).__name__}: {e}" if not isinstance(e, UserError) else str(e))
-        raise
-    finally:
-        finish_wandb()
-        write_results(out / "results.json", results)
+            if not cfg.get("ckpt_path"):
+                raise UserError("eval needs a checkpoint: ssmbench eval ckpt_path=<run dir>/checkpoints/last.ckpt")
+            ckpt = load_checkpoint(cfg.ckpt_path)
+            run_cfg = eval_config(ckpt["hyper_parameters"]["config"], cfg, list(HydraConfig.get().overrides.task),
+                                  cfg.ckpt_path)
+            record.update(ckpt_path=str(Path(cfg.ckpt_path).resolve()), model=run_cfg.model.name,
+                          task=run_cfg.task.name)
+            dm, net, lit = build_modules(run_cfg)
+            record.update(**count_parameters(net))
+            try:
+                complete_metric_states(lit, ckpt["state_dict"])
+                lit.load_state_dict(ckpt["state_dict"])
+            except RuntimeError as e:
+                raise UserError(f"{cfg.ckpt_path} does not fit the model this eval builds "
+                                f"({str(e).splitlines()[-1].strip()}); drop the model.* overrides that change "
+                                "shapes") from e
+            _, trainer = build_trainer(run_cfg, "eval", only=("progress_bar",))
+            metrics = trainer.test(lit, datamodule=dm)[0]
+        finally:
+            finish_wandb()
+        record.update(status="completed", metrics=metrics)
     log.info("results: %s", out / "results.json")
-    return results
+    return record.results

@@ -11,9 +11,13 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from ssmbench.config import PACKAGE_DIR
+from ssmbench.errors import RunFailed, UserError
+from ssmbench.interrupts import RunInterrupted
 
 
 def git_commit() -> dict:
@@ -72,30 +76,36 @@ class RunRecord:
     It records who runs it (`pid`, `host`) and a `heartbeat` (time.time()) that a background thread
     renews every `heartbeat_interval_s` seconds, so `ssmbench compare` can tell a run that is still
     going from one whose process died without a word (SIGKILL, out-of-memory kill, power loss).
+    `wall_time_s` counts from `claim()`, plus `wall_time_before_s` (the earlier segments of a resumed run).
     Every write replaces the whole file atomically, under a lock shared with the heartbeat thread.
     """
 
-    def __init__(self, path: Path, results: dict, heartbeat_interval_s: float = 30.0):
+    def __init__(self, path: Path, results: dict, heartbeat_interval_s: float = 30.0, wall_time_before_s: float = 0.0):
         self.path = Path(path)
         self.results = dict(results)
         self.interval = heartbeat_interval_s
+        self.wall_time_before_s = wall_time_before_s
+        self._started = time.time()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
     def claim(self, exclusive: bool) -> None:
-        """Create results.json; with `exclusive`, fail (FileExistsError) if the directory already holds a run's."""
+        """Create results.json and start the heartbeat; with `exclusive`, fail (FileExistsError) if the
+        directory already holds a run's."""
         if exclusive:
             os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        self._started = time.time()
         self.update(pid=os.getpid(), host=socket.gethostname(), heartbeat_interval_s=self.interval)
         self._thread = threading.Thread(target=self._beat, name="ssmbench-heartbeat", daemon=True)
         self._thread.start()
 
     def update(self, **fields) -> None:
-        """Merge `fields` into the record and write it, with a fresh heartbeat."""
+        """Merge `fields` into the record and write it, with a fresh heartbeat and wall time."""
         with self._lock:
             self.results.update(fields)
             self.results["heartbeat"] = time.time()
+            self.results["wall_time_s"] = self.wall_time_before_s + self.results["heartbeat"] - self._started
             write_results(self.path, self.results)
 
     def _beat(self) -> None:
@@ -107,3 +117,27 @@ class RunRecord:
         self._stopped.set()
         if self._thread is not None:
             self._thread.join()
+
+
+def outcome(e: BaseException) -> dict:
+    """What results.json records of a run that exception `e` ended: its status and error."""
+    if isinstance(e, RunInterrupted):
+        return {"status": e.status, "error": str(e)}
+    if isinstance(e, (UserError, RunFailed)):
+        return {"status": "failed", "error": str(e)}
+    return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+
+
+@contextmanager
+def recorded(record: RunRecord | None) -> Iterator[RunRecord | None]:
+    """Around a claimed run: an exception out of the block is recorded (`outcome`) and raised on; the
+    heartbeat stops when the block ends. With None (a DDP rank other than zero) nothing is recorded."""
+    try:
+        yield record
+    except BaseException as e:
+        if record is not None:
+            record.update(**outcome(e))
+        raise
+    finally:
+        if record is not None:
+            record.close()

@@ -21,7 +21,6 @@ import os
 import re
 import resource
 import signal
-import time
 from pathlib import Path
 
 import lightning as L
@@ -32,11 +31,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssmbench.build import build_modules, build_trainer, count_parameters
 from ssmbench.config import print_config_tree
-from ssmbench.errors import RunFailed, UserError
+from ssmbench.errors import UserError
 from ssmbench.loggers import CSVLogger
 from ssmbench.interrupts import GUARD, RunInterrupted, interrupts_handled
 from ssmbench.preflight import check_checkpoint_fits, check_config
-from ssmbench.runinfo import RunRecord, git_commit, read_results
+from ssmbench.runinfo import RunRecord, git_commit, read_results, recorded
 from ssmbench.wandb_setup import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -105,44 +104,21 @@ def train(cfg: DictConfig, command: str, replay: str) -> float | None:
     out = Path(cfg.paths.output_dir)
     continuing = bool(cfg.get("resume")) or requeued()
     ckpt_path = resume_from(cfg, out)
-    previous = read_results(out / "results.json") if continuing else {}
-    wall_before = float(previous.get("wall_time_s") or 0.0)
     record = None
     if rank_zero_only.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        record = RunRecord(out / "results.json", {
-            "status": "running",
-            "model": cfg.model.name,
-            "task": cfg.task.name,
-            "seed": cfg.seed,
-            "command": command,
-            "replay": replay,
-            "resumed_from": ckpt_path,
-            "resumes": previous.get("resumes", -1) + 1 if continuing else 0,
-            "wandb_run_id": previous.get("wandb_run_id") or _new_wandb_id(cfg),
-            **git_commit(),
-        })
-        try:
-            record.claim(exclusive=not continuing)
-        except FileExistsError:
-            raise UserError(f"{out} already holds a run (results.json); continue it with resume={out}, "
-                            "or give another hydra.run.dir") from None
-    start = time.time()
+        record = new_record(out / "results.json", cfg, command, replay, ckpt_path, continuing)
     env_before = {key: os.environ.get(key) for key in DDP_ENV}
     phase = "building the task and the model"
-
-    def end(status: str, **fields) -> None:
-        if record:
-            record.update(status=status, wall_time_s=wall_before + time.time() - start, **fields)
-
-    with interrupts_handled():
+    with interrupts_handled(), recorded(record):
         try:
             check_config(cfg)
             start_step = check_checkpoint_fits(ckpt_path, cfg)["global_step"] if ckpt_path else 0
             if record and cfg.get("print_config"):
                 print_config_tree(cfg)
             dm, net, lit = build_modules(cfg)
-            end("running", **count_parameters(net))
+            if record:
+                record.update(**count_parameters(net))
             callbacks, trainer = build_trainer(cfg, "train", wandb_run_id=record.results["wandb_run_id"] if record
                                                else None)
             if continuing:
@@ -159,40 +135,49 @@ def train(cfg: DictConfig, command: str, replay: str) -> float | None:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             phase = "testing"
             test_metrics = trainer.test(lit, datamodule=dm, ckpt_path=best or None, weights_only=True)[0]
-            metrics = {**fit_metrics, **test_metrics}
-            end("completed", metrics=metrics, best_checkpoint=best or None,
-                epochs=trainer.current_epoch, global_step=trainer.global_step,
-                **({**throughput, "throughput_scope": THROUGHPUT_SCOPE} if throughput else {}))
-            if record:
-                log.info("results: %s", out / "results.json")
-            return metrics.get(cfg.optimized_metric)
-        except SIGTERMException:  # Lightning's own SIGTERM check between two batches (checkpoint saved)
-            interrupted = RunInterrupted(signal.SIGTERM)
-            end(interrupted.status, error=str(interrupted))
-            raise interrupted from None
-        except RunInterrupted as e:
-            end(e.status, error=str(e))
-            raise
-        except RunFailed as e:
-            end("failed", error=f"{e}; last good checkpoint: {_last_checkpoint(out)}")
-            raise
-        except BaseException as e:
+        except SIGTERMException:  # Lightning's own SIGTERM check between two batches (DDP)
+            raise RunInterrupted(signal.SIGTERM) from None
+        except Exception as e:
             message = out_of_memory_message(e, cfg, phase)
-            end("failed", error=message or (str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"))
             if message:
                 raise UserError(message) from e
             raise
         finally:
             GUARD.deferring = False
-            if record:
-                record.close()
             finish_wandb()
             end_distributed(env_before)
+        metrics = {**fit_metrics, **test_metrics}
+        if record:
+            record.update(status="completed", metrics=metrics, best_checkpoint=best or None,
+                          epochs=trainer.current_epoch, global_step=trainer.global_step,
+                          **({**throughput, "throughput_scope": THROUGHPUT_SCOPE} if throughput else {}))
+            log.info("results: %s", out / "results.json")
+        return metrics.get(cfg.optimized_metric)
 
 
-def _last_checkpoint(out: Path) -> str:
-    last = out / "checkpoints" / "last.ckpt"
-    return str(last) if last.is_file() else "none (no epoch completed)"
+def new_record(path: Path, cfg: DictConfig, command: str, replay: str, ckpt_path: str | None,
+               continuing: bool) -> RunRecord:
+    """The claimed results.json of this run: a new one, or, when the run continues in its own directory,
+    the one it had (its resume count, wall time and wandb run carried on)."""
+    previous = read_results(path) if continuing else {}
+    record = RunRecord(path, {
+        "status": "running",
+        "model": cfg.model.name,
+        "task": cfg.task.name,
+        "seed": cfg.seed,
+        "command": command,
+        "replay": replay,
+        "resumed_from": ckpt_path,
+        "resumes": previous.get("resumes", -1) + 1 if continuing else 0,
+        "wandb_run_id": previous.get("wandb_run_id") or _new_wandb_id(cfg),
+        **git_commit(),
+    }, wall_time_before_s=float(previous.get("wall_time_s") or 0.0))
+    try:
+        record.claim(exclusive=not continuing)
+    except FileExistsError:
+        raise UserError(f"{path.parent} already holds a run (results.json); continue it with resume={path.parent}, "
+                        "or give another hydra.run.dir") from None
+    return record
 
 
 def _new_wandb_id(cfg: DictConfig) -> str | None:

@@ -87,9 +87,11 @@ def test_the_run_record_beats_while_the_run_lives_and_claims_its_directory_once(
     assert json.loads((tmp_path / "results.json").read_text())["heartbeat"] > first["heartbeat"]
     record.update(status="completed")
     record.close()
-    beat = json.loads((tmp_path / "results.json").read_text())["heartbeat"]
+    last = json.loads((tmp_path / "results.json").read_text())
     time.sleep(0.15)
-    assert json.loads((tmp_path / "results.json").read_text()) == {**first, "status": "completed", "heartbeat": beat}
+    assert json.loads((tmp_path / "results.json").read_text()) == last  # no beat after close
+    assert last == {**first, "status": "completed", "heartbeat": last["heartbeat"], "wall_time_s": last["wall_time_s"]}
+    assert last["wall_time_s"] >= 0.3 > first["wall_time_s"]
     with pytest.raises(FileExistsError):
         RunRecord(tmp_path / "results.json", {}).claim(exclusive=True)
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left
@@ -122,3 +124,18 @@ def test_sigterm_under_slurm_is_a_preemption(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "42")
     assert RunInterrupted(signal.SIGTERM).status == "preempted"
     assert RunInterrupted(signal.SIGINT).status == "interrupted"
+
+
+def test_a_run_ended_by_an_exception_is_recorded_with_its_status_and_error(tmp_path):
+    from ssmbench.runinfo import recorded
+
+    for error, status, text in ((ValueError("bad"), "failed", "ValueError: bad"),
+                                (RunInterrupted(signal.SIGTERM), "interrupted", "stopped by SIGTERM"),
+                                (NonFiniteError("non-finite loss (nan) at step 3"), "failed", "non-finite loss (nan) at step 3")):
+        record = RunRecord(tmp_path / "results.json", {"status": "running"}, heartbeat_interval_s=0.05)
+        record.claim(exclusive=False)
+        with pytest.raises(type(error)), recorded(record):
+            raise error
+        written = json.loads((tmp_path / "results.json").read_text())
+        assert (written["status"], written["error"]) == (status, text)
+        assert not record._thread.is_alive()
