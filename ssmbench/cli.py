@@ -24,7 +24,7 @@ from typing import Callable
 
 from ssmbench import __version__
 from ssmbench.config import config_dir, config_groups, register_resolvers
-from ssmbench.errors import RunFailed, UserError
+from ssmbench.errors import RunFailed, UserError, fail
 from ssmbench.interrupts import RunInterrupted
 from ssmbench.resume import resume_arguments
 
@@ -58,24 +58,6 @@ def print_help() -> None:
         "  ssmbench train -m model=gru,transformer seed=1,2\n"
         "  ssmbench eval ckpt_path=outputs/copy/gru/<date>_<time>/checkpoints/last.ckpt"
     )
-
-
-def verbose() -> bool:
-    """Tracebacks wanted: `--verbose` on the command line, or Hydra's HYDRA_FULL_ERROR=1."""
-    return os.environ.get("HYDRA_FULL_ERROR") == "1"
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print `error: message` (one line; the traceback too when verbose()) to stderr and exit."""
-    import traceback
-
-    from rich.console import Console
-    from rich.text import Text
-
-    if verbose() and sys.exc_info()[0] is not None:
-        traceback.print_exc()
-    Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), message))
-    raise SystemExit(code)
 
 
 def _job_command(command: str) -> tuple[str, list[str]]:

@@ -151,7 +151,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line (`error: <command>: <problem>`, exit 2), without the usage block."""
 
     def error(self, message: str) -> NoReturn:
-        from ssmbench.cli import fail
+        from ssmbench.errors import fail
 
         fail(f"{self.prog}: {message} (see `{self.prog} --help`)")
 
@@ -211,7 +211,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> None:
-    from ssmbench.cli import fail
+    from ssmbench.errors import fail
 
     top = parser()
     args, extra = top.parse_known_args(argv)

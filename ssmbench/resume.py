@@ -24,7 +24,7 @@ def _key(override: str) -> str:
 
 def resume_arguments(run_dir: str, overrides: list[str], groups: list[str]) -> list[str]:
     """The Hydra arguments that continue `run_dir` with `overrides` (checked: key=value only)."""
-    from ssmbench.compare_runs import effective_status
+    from ssmbench.compare.runs import effective_status
     from ssmbench.runinfo import read_results
 
     path = Path(run_dir).expanduser().resolve()

@@ -17,8 +17,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from ssmbench.compare import compare
-from ssmbench.compare_runs import effective_status, load_runs
-from ssmbench.compare_table import compare_runs
+from ssmbench.compare.runs import effective_status, load_runs
+from ssmbench.compare.table import compare_runs
 from ssmbench.errors import UserError
 from tests.helpers import run_cli
 
@@ -221,7 +221,7 @@ def test_plot_writes_a_png_per_run_and_per_group(mixed_runs, seeds_sweep, tmp_pa
     grouped = tmp_path / "grouped.png"
     run_compare(capsys, seeds_sweep, "--group-by", "model", "--plot", grouped, "--format", "csv")
     assert grouped.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from ssmbench.compare_plot import curve_groups
+    from ssmbench.compare.plot import curve_groups
 
     groups = curve_groups(load_runs([str(seeds_sweep)]), "val/acc", ["model"])
     assert {k: len(v) for k, v in groups.items()} == {"model=s4": 3, "model=lru": 2}
@@ -349,7 +349,7 @@ def test_compare_shows_runs_that_stopped_without_saying_so_as_died(live_and_dead
 def test_table_colours_died_preempted_and_interrupted_like_failures(live_and_dead_runs):
     from rich.console import Console
 
-    from ssmbench.compare_render import render_rich
+    from ssmbench.compare.render import render_rich
 
     console = Console(file=io.StringIO(), force_terminal=True, color_system="standard", width=400)
     render_rich(compare_runs(load_runs([str(live_and_dead_runs)])), console)

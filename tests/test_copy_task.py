@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from ssmbench.data.base import IGNORE_INDEX, TaskDataError
+from ssmbench.data.base import IGNORE_INDEX
 from ssmbench.data.synthetic.copy import CopyDataModule, copy_examples
+from ssmbench.errors import TaskDataError
 
 
 def test_copy_targets_are_the_first_symbols_at_the_end():

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from ssmbench.data import hub
-from ssmbench.data.base import TaskDataError
-from ssmbench.data.images import ImageSequenceDataModule, bitreversal_permutation, decode_image
+from ssmbench.data.encoding import decode_image
+from ssmbench.data.images import ImageSequenceDataModule, bitreversal_permutation
 from ssmbench.data.splits import split_indices
 from ssmbench.data.storage import cache_files
+from ssmbench.errors import TaskDataError
 from tests.helpers import ready
 from tests.task_fixtures import MNIST_SIZES, write_cifar10, write_mnist
 

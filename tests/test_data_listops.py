@@ -7,10 +7,10 @@ from collections import Counter
 import pytest
 import torch
 
-from ssmbench.data.base import TaskDataError
 from ssmbench.data.lra.listops import VOCAB, ListOpsDataModule
 from ssmbench.data.lra.listops_generator import generate_listops, random_tree, write_listops
 from ssmbench.data.lra.release import GENERATED_MARKER
+from ssmbench.errors import TaskDataError
 from tests.helpers import ready
 from tests.task_fixtures import LISTOPS_SIZES, listops_text, listops_value
 from tests.task_fixtures import write_listops as write_listops_fixture

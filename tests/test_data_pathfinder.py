@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ssmbench.data.base import TaskDataError
 from ssmbench.data.lra.pathfinder import PathfinderDataModule
 from ssmbench.data.lra.pathfinder_generator import generate_pathfinder
 from ssmbench.data.splits import split_indices
+from ssmbench.errors import TaskDataError
 from tests.helpers import ready
 from tests.task_fixtures import PATHFINDER_IMAGES, write_pathfinder_release
 

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssmbench.data.base import IGNORE_INDEX, TaskDataError, check_labels
+from ssmbench.data.base import IGNORE_INDEX, check_labels
 from ssmbench.data.sequences import PixelSequences, TokenSequences, ragged, take
 from ssmbench.data.splits import split_indices
 from ssmbench.data.storage import (TensorCache, atomic_directory, atomic_path, corrupt_file, fingerprint, human_size,
                                    missing_data)
+from ssmbench.errors import TaskDataError
 from tests.task_fixtures import write_imdb
 
 

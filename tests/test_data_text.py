@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from ssmbench.data.base import TaskDataError
 from ssmbench.data.lra.retrieval import RetrievalDataModule
 from ssmbench.data.lra.text import TextDataModule
 from ssmbench.data.splits import split_indices
 from ssmbench.data.storage import cache_files
+from ssmbench.errors import TaskDataError
 from tests.helpers import ready
 from tests.task_fixtures import AAN_SIZES, IMDB_SIZES, write_aan, write_imdb
 

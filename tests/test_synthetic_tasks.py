@@ -4,10 +4,11 @@ written independently of the generators, plus the metadata and determinism every
 import pytest
 import torch
 
-from ssmbench.data.base import IGNORE_INDEX, TaskDataError
+from ssmbench.data.base import IGNORE_INDEX
 from ssmbench.data.synthetic.induction import InductionDataModule, induction_examples
 from ssmbench.data.synthetic.mqar import MQARDataModule, mqar_examples
 from ssmbench.data.synthetic.selective_copy import SelectiveCopyDataModule, selective_copy_examples
+from ssmbench.errors import TaskDataError
 from tests.compose import composed
 
 

@@ -14,9 +14,9 @@ wired from by interpolation (`${task.n_classes}`):
                            reads it, `trainer.max_epochs=` overrides it
 
 A batch is (x, y) or (x, y, lengths) with lengths: (B,) (or (B, 2) for paired inputs).
-Subclasses implement `load_splits()`, returning the train, validation and test datasets; tasks that
-read files also override `prepare_data()` (fetch and process, or fail with TaskDataError) and
-`data_status()` (what `ssmbench data list` shows).
+Subclasses implement `load_splits()`, returning the train, validation and test datasets. Tasks that
+read files derive from `ssmbench.data.files.FileTask`, which adds `prepare_data()` (fetch and process,
+or fail with TaskDataError) and `data_status()` (what `ssmbench data list` shows).
 """
 
 from __future__ import annotations
@@ -30,17 +30,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ssmbench.data.sampling import EpochSampler
-from ssmbench.errors import UserError
+from ssmbench.errors import TaskDataError
 
 IGNORE_INDEX = -100
 TARGETS = ("sequence", "token")
-
-
-class TaskDataError(UserError):
-    """Task data that is missing, corrupt or inconsistent with the task's metadata.
-
-    The message names the file or split and says how to obtain or fix it.
-    """
 
 
 @dataclass

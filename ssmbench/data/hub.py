@@ -5,6 +5,7 @@ is a struct {bytes: PNG/JPEG bytes, path}). A split is every file named `<split>
 `<split>-*.parquet` (the hub's `train-00000-of-00001.parquet`) anywhere below that directory, so
 both `ssmbench data prepare <task>` (which writes `<split>.parquet`) and a copy of the hub
 repository's parquet files (`huggingface-cli download <id> --repo-type dataset --local-dir ...`) work.
+`HubTask` is the FileTask of the tasks that read such a dataset.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssmbench.data.base import DataStatus
-from ssmbench.data.storage import atomic_path, cache_files, corrupt_file, missing_data, size_on_disk
+from ssmbench.data.files import FileTask
+from ssmbench.data.storage import atomic_path, corrupt_file, missing_data
 
 
 @dataclass(frozen=True)
@@ -86,15 +88,24 @@ def ensure_local(dataset: HubDataset, data_dir: Path, task: str, download_missin
     )
 
 
-def hub_status(dataset: HubDataset, data_dir: Path, task: str) -> DataStatus:
-    """`ssmbench data list`'s row for a task that reads `dataset`."""
-    return DataStatus(
-        source=f"Hugging Face {dataset.hub_id}",
-        ready=dataset.is_present(data_dir),
-        location=dataset.local_dir(data_dir),
-        size_bytes=size_on_disk([dataset.local_dir(data_dir), *cache_files(data_dir, dataset.name)]),
-        remedy=f"ssmbench data prepare {task}",
-    )
+class HubTask(FileTask):
+    """A FileTask that reads the parquet files of the hub dataset `self.hub` (set by the task's constructor),
+    downloading them first when `self.download` allows; its cache is named after the dataset."""
+
+    hub: HubDataset
+    download: bool = True
+
+    @property
+    def cache_name(self) -> str:
+        return self.hub.name
+
+    def _find_files(self) -> list[Path]:
+        ensure_local(self.hub, self.root, self.name, self.download)
+        return self.hub.source_files(self.root)
+
+    def data_status(self) -> DataStatus:
+        return self._status(f"Hugging Face {self.hub.hub_id}", self.hub.is_present(self.root),
+                            self.hub.local_dir(self.root), f"ssmbench data prepare {self.name}")
 
 
 def read_split(dataset: HubDataset, data_dir: Path, split: str, columns: list[str]):

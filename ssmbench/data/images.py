@@ -17,7 +17,6 @@ the parquet file and row of its examples, so a bad label is reported with its fi
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssmbench.data.base import DataStatus, SequenceDataModule
-from ssmbench.data.hub import HubDataset, ensure_local, hub_status, parquet_row, read_split
+from ssmbench.data.encoding import decode_image
+from ssmbench.data.hub import HubDataset, HubTask, parquet_row, read_split
 from ssmbench.data.sequences import PixelSequences
 from ssmbench.data.splits import split_indices
-from ssmbench.data.storage import TensorCache, corrupt_file, fingerprint, progress, resolve_data_dir
+from ssmbench.data.storage import corrupt_file, progress
 
 PERMUTATIONS = (None, "random", "bitreversal")
 
@@ -68,22 +67,6 @@ def make_permutation(kind: str | None, n: int, seed: int) -> torch.Tensor | None
     raise ValueError(f"permutation={kind!r} is not one of {list(PERMUTATIONS)}")
 
 
-def decode_image(data: bytes, mode: str, size: tuple[int, int], where: str) -> np.ndarray:
-    """PNG/JPEG bytes -> (H, W, C) uint8 in PIL `mode` ("L" or "RGB"); TaskDataError naming `where` if
-    the bytes are not an image of `size` = (width, height)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            if img.size != size:
-                raise corrupt_file(where, f"image is {img.size[0]}x{img.size[1]}, expected {size[0]}x{size[1]}")
-            array = np.asarray(img.convert(mode), dtype=np.uint8)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
-        raise corrupt_file(where, f"not a readable image ({type(e).__name__}: {e})") from e
-    return array.reshape(size[1], size[0], -1)
-
-
 class ImageSplit(PixelSequences):
     """The PixelSequences of one split, which can say which parquet file and row each example was read from."""
 
@@ -98,7 +81,7 @@ class ImageSplit(PixelSequences):
         return parquet_row(self.files, int(self.index[i])) + self.note
 
 
-class ImageSequenceDataModule(SequenceDataModule):
+class ImageSequenceDataModule(HubTask):
     def __init__(self, *, dataset: str, grayscale: bool = False, permutation: str | None = None,
                  permutation_seed: int = 42, mean: list[float], std: list[float], val_fraction: float = 0.1,
                  split_seed: int = 42, download: bool = True, **metadata):
@@ -108,6 +91,7 @@ class ImageSequenceDataModule(SequenceDataModule):
         if permutation not in PERMUTATIONS:
             raise ValueError(f"task {self.name}: permutation={permutation!r} is not one of {list(PERMUTATIONS)}")
         self.source = IMAGE_DATASETS[dataset]
+        self.hub = self.source.hub
         self.grayscale = bool(grayscale)
         channels = 1 if self.grayscale else self.source.channels
         length = self.source.height * self.source.width
@@ -121,14 +105,12 @@ class ImageSequenceDataModule(SequenceDataModule):
         self.mean, self.std = list(mean), list(std)
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.download = download
-        self.root = resolve_data_dir(self.data_dir)
 
-    def _cache(self) -> TensorCache:
-        hub = self.source.hub
-        key = {"grayscale": self.grayscale, "files": fingerprint(hub.source_files(self.root), self.root)}
-        return TensorCache(self.root, hub.name, key)
+    def _cache_settings(self) -> dict:
+        return {"grayscale": self.grayscale}
 
-    def _decode(self) -> dict[str, torch.Tensor]:
+    def _decode(self, files: list[Path]) -> dict[str, torch.Tensor]:
+        """{split}_pixels (N, H * W, C) uint8 and {split}_labels (N,) for the train and test splits."""
         src, mode = self.source, "L" if self.grayscale or self.source.channels == 1 else "RGB"
         tensors = {}
         for split in src.hub.splits:
@@ -152,26 +134,13 @@ class ImageSequenceDataModule(SequenceDataModule):
             tensors[f"{split}_labels"] = torch.tensor(labels, dtype=torch.long)
         return tensors
 
-    def prepare_data(self) -> None:
-        """Download the parquet files if missing (and allowed), then decode and cache the pixels once."""
-        ensure_local(self.source.hub, self.root, self.name, self.download)
-        cache = self._cache()
-        if not cache.exists():
-            cache.get(self._decode)
-
-    def load_splits(self) -> tuple[ImageSplit, ImageSplit, ImageSplit]:
-        hub = self.source.hub
-        ensure_local(hub, self.root, self.name, self.download)
-        t = self._cache().get(self._decode)
+    def _splits(self, t: dict[str, torch.Tensor], files: list[Path]) -> tuple[ImageSplit, ImageSplit, ImageSplit]:
         perm = make_permutation(self.permutation, self.seq_len, self.permutation_seed)
         train, val = split_indices(len(t["train_labels"]), (self.val_fraction,), self.split_seed)
 
         def sequences(split: str, index: torch.Tensor | None = None, note: str = "") -> ImageSplit:
             return ImageSplit(t[f"{split}_pixels"], t[f"{split}_labels"], self.mean, self.std, perm, index,
-                              files=hub.split_files(self.root, split), note=note)
+                              files=self.hub.split_files(self.root, split), note=note)
 
         held_out = " (the val split is held out of the train split's files)"
         return sequences("train", train), sequences("train", val, held_out), sequences("test")
-
-    def data_status(self) -> DataStatus:
-        return hub_status(self.source.hub, self.root, self.name)

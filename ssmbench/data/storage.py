@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 import torch
 
-from ssmbench.data.base import TaskDataError
+from ssmbench.errors import TaskDataError
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,10 @@ from typing import Iterator
 
 import torch
 
-from ssmbench.data.base import DataStatus, SequenceDataModule
 from ssmbench.data.lra.listops_generator import SPLIT_FILES
-from ssmbench.data.lra.release import candidate_roots, download_hint, find_root, looked_for, source_label
+from ssmbench.data.lra.release import ReleaseTask
 from ssmbench.data.sequences import TokenSequences, ragged
-from ssmbench.data.storage import (TensorCache, cache_files, corrupt_file, fingerprint, missing_data, progress,
-                                   resolve_data_dir, size_on_disk)
+from ssmbench.data.storage import corrupt_file, progress
 
 SUBDIR = "listops-1000"
 VOCAB = ("<pad>", *(str(d) for d in range(10)), "[MIN", "[MAX", "[MED", "[SM", "]")
@@ -79,31 +77,23 @@ def _parse_rows(path: Path, rows: Iterator[list[str]]) -> tuple[list[list[int]],
     return sources, targets
 
 
-class ListOpsDataModule(SequenceDataModule):
-    def __init__(self, *, root: str | None = None, **metadata):
-        """root: the directory holding listops-1000/ (relative to data_dir or absolute); None searches
-        the release locations of `ssmbench.data.lra.release`."""
+class ListOpsDataModule(ReleaseTask):
+    """Reads <root>/listops-1000/basic_{train,val,test}.tsv (`root`: see ReleaseTask)."""
+
+    subdir = SUBDIR
+    needed = SPLIT_FILES
+    pattern = "basic_{train,val,test}.tsv"
+    generator = "listops"
+    cache_name = "listops"
+
+    def __init__(self, **metadata):
         super().__init__(**metadata)
         if self.vocab_size != len(VOCAB) or self.n_classes != 10:
             raise ValueError(f"task {self.name}: ListOps has vocab_size={len(VOCAB)} and n_classes=10, "
                              f"the config says {self.vocab_size} and {self.n_classes}")
-        self.root_option = root
-        self.root = resolve_data_dir(self.data_dir)
-        self.needed = [f"{SUBDIR}/{name}" for name in SPLIT_FILES]
 
-    def _files(self) -> list[Path]:
-        found = find_root(self.root, self.root_option, self.needed)
-        if found is None:
-            where = looked_for(self.root, self.root_option, f"{SUBDIR}/basic_{{train,val,test}}.tsv")
-            raise missing_data(self.name, where,
-                               f"{download_hint(self.root)}, or generate it with "
-                               f"`ssmbench data generate listops --data-dir {self.root}`")
-        return [found / rel for rel in self.needed]
-
-    def _cache(self, files: list[Path]) -> TensorCache:
-        return TensorCache(self.root, "listops", {"files": fingerprint(files, self.root)})
-
-    def _read(self, files: list[Path]) -> dict[str, torch.Tensor]:
+    def _decode(self, files: list[Path]) -> dict[str, torch.Tensor]:
+        """{split}_tokens, {split}_offsets (the expressions' token ids, ragged) and {split}_labels per split."""
         tensors = {}
         for split, path in progress(list(zip(SPLITS, files)), "listops: reading the TSV files"):
             sources, targets = read_listops_tsv(path)
@@ -111,15 +101,7 @@ class ListOpsDataModule(SequenceDataModule):
             tensors[f"{split}_labels"] = torch.tensor(targets, dtype=torch.long)
         return tensors
 
-    def prepare_data(self) -> None:
-        files = self._files()
-        cache = self._cache(files)
-        if not cache.exists():
-            cache.get(lambda: self._read(files))
-
-    def load_splits(self) -> tuple[TokenSequences, TokenSequences, TokenSequences]:
-        files = self._files()
-        t = self._cache(files).get(lambda: self._read(files))
+    def _splits(self, t: dict[str, torch.Tensor], files: list[Path]) -> tuple[TokenSequences, ...]:
         splits = []
         for split, path in zip(SPLITS, files):
             offsets = t[f"{split}_offsets"]
@@ -129,12 +111,3 @@ class ListOpsDataModule(SequenceDataModule):
                                    remedy="raise task.seq_len (expressions are never truncated)")
             splits.append(TokenSequences([(t[f"{split}_tokens"], offsets)], t[f"{split}_labels"], self.seq_len))
         return tuple(splits)
-
-    def data_status(self) -> DataStatus:
-        found = find_root(self.root, self.root_option, self.needed)
-        location = (found or candidate_roots(self.root, self.root_option)[0]) / SUBDIR
-        return DataStatus(
-            source=source_label(location, "listops"), ready=found is not None, location=location,
-            size_bytes=size_on_disk([location, *cache_files(self.root, "listops")]),
-            remedy=f"{download_hint(self.root)}, or `ssmbench data generate listops`",
-        )

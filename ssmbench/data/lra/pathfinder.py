@@ -21,14 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssmbench.data.base import DataStatus, SequenceDataModule
-from ssmbench.data.images import decode_image
+from ssmbench.data.encoding import decode_image
 from ssmbench.data.lra.pathfinder_generator import DIFFICULTY_DIRS as DIFFICULTIES
-from ssmbench.data.lra.release import candidate_roots, download_hint, find_root, looked_for, source_label
+from ssmbench.data.lra.release import ReleaseTask
 from ssmbench.data.sequences import PixelSequences
 from ssmbench.data.splits import split_indices
-from ssmbench.data.storage import (TensorCache, cache_files, corrupt_file, fingerprint, missing_data, progress,
-                                   resolve_data_dir, size_on_disk)
+from ssmbench.data.storage import corrupt_file, progress
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +65,17 @@ def read_metadata(path: Path, difficulty_dir: Path) -> list[tuple[Path, int]]:
     return samples
 
 
-class PathfinderDataModule(SequenceDataModule):
-    def __init__(self, *, resolution: int = 32, difficulty: str = "14", root: str | None = None,
-                 mean: list[float] = (0.5,), std: list[float] = (0.5,), val_fraction: float = 0.1,
-                 test_fraction: float = 0.1, split_seed: int = 42, **metadata):
-        """root: the directory holding pathfinder{R}/ (relative to data_dir or absolute); None searches
-        the release locations of `ssmbench.data.lra.release`."""
+class PathfinderDataModule(ReleaseTask):
+    """Reads the images listed in <root>/pathfinder{R}/<difficulty dir>/metadata/<b>.npy (`root`: see ReleaseTask);
+    the metadata files key the cache."""
+
+    needed = ("metadata",)
+    pattern = "metadata/<b>.npy"
+    generator = "pathfinder"
+
+    def __init__(self, *, resolution: int = 32, difficulty: str = "14", mean: list[float] = (0.5,),
+                 std: list[float] = (0.5,), val_fraction: float = 0.1, test_fraction: float = 0.1,
+                 split_seed: int = 42, **metadata):
         super().__init__(**metadata)
         difficulty = str(difficulty)
         if difficulty not in DIFFICULTIES:
@@ -87,33 +90,25 @@ class PathfinderDataModule(SequenceDataModule):
         self.mean, self.std = list(mean), list(std)
         self.fractions = (val_fraction, test_fraction)
         self.split_seed = split_seed
-        self.root_option = root
-        self.root = resolve_data_dir(self.data_dir)
         self.subdir = f"pathfinder{resolution}/{DIFFICULTIES[difficulty]}"
+        self.generator_options = f" --resolution {resolution} --difficulty {difficulty}"
+        self.cache_name = f"pathfinder{resolution}"
 
-    def _difficulty_dir(self) -> tuple[Path, Path, list[Path]]:
-        """(the release root, its difficulty directory, its metadata files), or TaskDataError saying how to get them."""
-        needed = [f"{self.subdir}/metadata"]
-        found = find_root(self.root, self.root_option, needed)
-        metadata = [] if found is None else metadata_files(found / self.subdir)
-        if not metadata:
-            raise missing_data(
-                self.name, looked_for(self.root, self.root_option, f"{self.subdir}/metadata/<b>.npy"),
-                f"{download_hint(self.root)}, or generate it with `ssmbench data generate pathfinder --resolution "
-                f"{self.resolution} --difficulty {self.difficulty} --data-dir {self.root}`",
-            )
-        return found, found / self.subdir, metadata
+    def _files_in(self, directory: Path) -> list[Path]:
+        return metadata_files(directory)
 
-    def _cache(self, metadata: list[Path]) -> TensorCache:
-        key = {"difficulty": self.difficulty, "files": fingerprint(metadata, self.root)}
-        return TensorCache(self.root, f"pathfinder{self.resolution}", key)
+    def _cache_settings(self) -> dict:
+        return {"difficulty": self.difficulty}
 
-    def _decode(self, release: Path, difficulty_dir: Path, metadata: list[Path]) -> dict[str, torch.Tensor]:
-        samples = [s for f in metadata for s in read_metadata(f, difficulty_dir)]
+    def _decode(self, files: list[Path]) -> dict[str, torch.Tensor]:
+        """pixels (N, R * R, 1) uint8 and labels (N,) of the images the metadata `files` list, in their order."""
+        difficulty_dir = files[0].parent.parent  # files are <difficulty dir>/metadata/<b>.npy
+        samples = [s for f in files for s in read_metadata(f, difficulty_dir)]
         size = (self.resolution, self.resolution)
         images, labels = [], []
         for path, label in progress(samples, f"pathfinder{self.resolution} {self.difficulty}: decoding images"):
-            if path.relative_to(release).as_posix() in KNOWN_EMPTY and path.is_file() and path.stat().st_size == 0:
+            in_release = f"{self.subdir}/{path.relative_to(difficulty_dir).as_posix()}"
+            if in_release in KNOWN_EMPTY and path.is_file() and path.stat().st_size == 0:
                 log.info("leaving out %s, the release's known empty image", path)
                 continue
             if not path.is_file():
@@ -125,24 +120,6 @@ class PathfinderDataModule(SequenceDataModule):
         pixels = torch.from_numpy(np.stack(images)).reshape(len(images), self.resolution**2, 1)
         return {"pixels": pixels, "labels": torch.tensor(labels, dtype=torch.long)}
 
-    def prepare_data(self) -> None:
-        release, difficulty_dir, metadata = self._difficulty_dir()
-        cache = self._cache(metadata)
-        if not cache.exists():
-            cache.get(lambda: self._decode(release, difficulty_dir, metadata))
-
-    def load_splits(self) -> tuple[PixelSequences, PixelSequences, PixelSequences]:
-        release, difficulty_dir, metadata = self._difficulty_dir()
-        t = self._cache(metadata).get(lambda: self._decode(release, difficulty_dir, metadata))
+    def _splits(self, t: dict[str, torch.Tensor], files: list[Path]) -> tuple[PixelSequences, ...]:
         parts = split_indices(len(t["labels"]), self.fractions, self.split_seed)
         return tuple(PixelSequences(t["pixels"], t["labels"], self.mean, self.std, index=i) for i in parts)
-
-    def data_status(self) -> DataStatus:
-        found = find_root(self.root, self.root_option, [f"{self.subdir}/metadata"])
-        location = (found or candidate_roots(self.root, self.root_option)[0]) / self.subdir
-        return DataStatus(
-            source=source_label(location, "pathfinder"), ready=found is not None, location=location,
-            size_bytes=size_on_disk([location, *cache_files(self.root, f"pathfinder{self.resolution}")]),
-            remedy=f"{download_hint(self.root)}, or `ssmbench data generate pathfinder --resolution {self.resolution} "
-                   f"--difficulty {self.difficulty}`",
-        )

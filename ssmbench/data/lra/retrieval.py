@@ -16,12 +16,10 @@ from pathlib import Path
 
 import torch
 
-from ssmbench.data.base import DataStatus, SequenceDataModule
-from ssmbench.data.lra.release import candidate_roots, download_hint, find_root, looked_for
-from ssmbench.data.lra.text import BYTE_VOCAB
+from ssmbench.data.encoding import BYTE_SHIFT, BYTE_VOCAB
+from ssmbench.data.lra.release import ReleaseTask
 from ssmbench.data.sequences import TokenSequences, ragged
-from ssmbench.data.storage import (TensorCache, cache_files, corrupt_file, fingerprint, missing_data, progress,
-                                   resolve_data_dir, size_on_disk)
+from ssmbench.data.storage import corrupt_file, progress
 
 SUBDIR = "tsv_data"
 SPLIT_FILES = ("new_aan_pairs.train.tsv", "new_aan_pairs.eval.tsv", "new_aan_pairs.test.tsv")
@@ -50,29 +48,26 @@ def read_aan_tsv(path: Path, max_bytes: int) -> tuple[list[bytes], list[bytes], 
     return first, second, labels
 
 
-class RetrievalDataModule(SequenceDataModule):
-    def __init__(self, *, root: str | None = None, **metadata):
-        """root: the directory holding tsv_data/ (relative to data_dir or absolute); None searches the
-        release locations of `ssmbench.data.lra.release`."""
+class RetrievalDataModule(ReleaseTask):
+    """Reads <root>/tsv_data/new_aan_pairs.{train,eval,test}.tsv (`root`: see ReleaseTask)."""
+
+    subdir = SUBDIR
+    needed = SPLIT_FILES
+    pattern = "new_aan_pairs.{train,eval,test}.tsv"
+    released_as = "LRA release (AAN pairs)"
+    cache_name = "aan"
+
+    def __init__(self, **metadata):
         super().__init__(**metadata)
         if self.vocab_size != BYTE_VOCAB or self.n_classes != 2 or not self.paired:
             raise ValueError(f"task {self.name}: byte-level AAN retrieval has vocab_size={BYTE_VOCAB}, n_classes=2 "
                              f"and paired=true, the config says {self.vocab_size}, {self.n_classes}, {self.paired}")
-        self.root_option = root
-        self.root = resolve_data_dir(self.data_dir)
-        self.needed = [f"{SUBDIR}/{name}" for name in SPLIT_FILES]
 
-    def _files(self) -> list[Path]:
-        found = find_root(self.root, self.root_option, self.needed)
-        if found is None:
-            where = looked_for(self.root, self.root_option, f"{SUBDIR}/new_aan_pairs.{{train,eval,test}}.tsv")
-            raise missing_data(self.name, where, download_hint(self.root))
-        return [found / rel for rel in self.needed]
+    def _cache_settings(self) -> dict:
+        return {"max_bytes": self.seq_len}
 
-    def _cache(self, files: list[Path]) -> TensorCache:
-        return TensorCache(self.root, "aan", {"max_bytes": self.seq_len, "files": fingerprint(files, self.root)})
-
-    def _read(self, files: list[Path]) -> dict[str, torch.Tensor]:
+    def _decode(self, files: list[Path]) -> dict[str, torch.Tensor]:
+        """{split}_tokens{k}, {split}_offsets{k} (document k = 1, 2 of each pair, ragged bytes) and {split}_labels."""
         tensors = {}
         for split, path in progress(list(zip(SPLITS, files)), "retrieval: reading the AAN TSV files"):
             first, second, labels = read_aan_tsv(path, self.seq_len)
@@ -81,24 +76,9 @@ class RetrievalDataModule(SequenceDataModule):
             tensors[f"{split}_labels"] = torch.tensor(labels, dtype=torch.long)
         return tensors
 
-    def prepare_data(self) -> None:
-        files = self._files()
-        cache = self._cache(files)
-        if not cache.exists():
-            cache.get(lambda: self._read(files))
-
-    def load_splits(self) -> tuple[TokenSequences, TokenSequences, TokenSequences]:
-        files = self._files()
-        t = self._cache(files).get(lambda: self._read(files))
+    def _splits(self, t: dict[str, torch.Tensor], files: list[Path]) -> tuple[TokenSequences, ...]:
         return tuple(
             TokenSequences([(t[f"{s}_tokens1"], t[f"{s}_offsets1"]), (t[f"{s}_tokens2"], t[f"{s}_offsets2"])],
-                           t[f"{s}_labels"], self.seq_len, shift=1)
+                           t[f"{s}_labels"], self.seq_len, shift=BYTE_SHIFT)
             for s in SPLITS
         )
-
-    def data_status(self) -> DataStatus:
-        found = find_root(self.root, self.root_option, self.needed)
-        location = (found or candidate_roots(self.root, self.root_option)[0]) / SUBDIR
-        return DataStatus(source="LRA release (AAN pairs)", ready=found is not None, location=location,
-                          size_bytes=size_on_disk([location, *cache_files(self.root, "aan")]),
-                          remedy=download_hint(self.root))

@@ -10,16 +10,17 @@ the LRA code and S4, which select checkpoints on test).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from ssmbench.data.base import DataStatus, SequenceDataModule
-from ssmbench.data.hub import HubDataset, ensure_local, hub_status, read_split
+from ssmbench.data.encoding import BYTE_SHIFT, BYTE_VOCAB
+from ssmbench.data.hub import HubDataset, HubTask, read_split
 from ssmbench.data.sequences import TokenSequences, ragged, take
 from ssmbench.data.splits import split_indices
-from ssmbench.data.storage import TensorCache, corrupt_file, fingerprint, progress, resolve_data_dir
+from ssmbench.data.storage import corrupt_file, progress
 
 IMDB = HubDataset("stanfordnlp/imdb", "imdb")
-BYTE_VOCAB = 257  # padding + 256 byte values
 
 
 def utf8_bytes(texts: list, max_bytes: int, where: str) -> list[bytes]:
@@ -32,7 +33,9 @@ def utf8_bytes(texts: list, max_bytes: int, where: str) -> list[bytes]:
     return out
 
 
-class TextDataModule(SequenceDataModule):
+class TextDataModule(HubTask):
+    hub = IMDB
+
     def __init__(self, *, val_fraction: float = 0.1, split_seed: int = 42, download: bool = True, **metadata):
         super().__init__(**metadata)
         if self.vocab_size != BYTE_VOCAB or self.n_classes != 2:
@@ -41,18 +44,17 @@ class TextDataModule(SequenceDataModule):
         if not 0 <= val_fraction < 1:
             raise ValueError(f"task {self.name}: val_fraction={val_fraction} must lie in [0, 1)")
         self.val_fraction, self.split_seed, self.download = val_fraction, split_seed, download
-        self.root = resolve_data_dir(self.data_dir)
 
-    def _cache(self) -> TensorCache:
-        key = {"max_bytes": self.seq_len, "files": fingerprint(IMDB.source_files(self.root), self.root)}
-        return TensorCache(self.root, IMDB.name, key)
+    def _cache_settings(self) -> dict:
+        return {"max_bytes": self.seq_len}
 
-    def _encode(self) -> dict[str, torch.Tensor]:
+    def _decode(self, files: list[Path]) -> dict[str, torch.Tensor]:
+        """{split}_tokens, {split}_offsets (the reviews' bytes, ragged) and {split}_labels for train and test."""
         tensors = {}
         for split in IMDB.splits:
             documents, labels = [], []
-            files = read_split(IMDB, self.root, split, ["text", "label"])
-            for path, table in progress(files, f"imdb {split}: encoding"):
+            tables = read_split(IMDB, self.root, split, ["text", "label"])
+            for path, table in progress(tables, f"imdb {split}: encoding"):
                 documents += utf8_bytes(table.column("text").to_pylist(), self.seq_len, str(path))
                 labels += table.column("label").to_pylist()
             if not labels:
@@ -61,27 +63,15 @@ class TextDataModule(SequenceDataModule):
             tensors[f"{split}_labels"] = torch.tensor(labels, dtype=torch.long)
         return tensors
 
-    def prepare_data(self) -> None:
-        ensure_local(IMDB, self.root, self.name, self.download)
-        cache = self._cache()
-        if not cache.exists():
-            cache.get(self._encode)
-
-    def load_splits(self) -> tuple[TokenSequences, TokenSequences, TokenSequences]:
-        ensure_local(IMDB, self.root, self.name, self.download)
-        t = self._cache().get(self._encode)
-
+    def _splits(self, t: dict[str, torch.Tensor], files: list[Path]) -> tuple[TokenSequences, ...]:
         def sequences(split: str, index: torch.Tensor | None = None) -> TokenSequences:
             tokens, offsets, labels = t[f"{split}_tokens"], t[f"{split}_offsets"], t[f"{split}_labels"]
             if index is not None:
                 (tokens, offsets), labels = take(tokens, offsets, index), labels[index]
-            return TokenSequences([(tokens, offsets)], labels, self.seq_len, shift=1)
+            return TokenSequences([(tokens, offsets)], labels, self.seq_len, shift=BYTE_SHIFT)
 
         test = sequences("test")
         if self.val_fraction == 0:
             return sequences("train"), test, test
         train, val = split_indices(len(t["train_labels"]), (self.val_fraction,), self.split_seed)
         return sequences("train", train), sequences("train", val), test
-
-    def data_status(self) -> DataStatus:
-        return hub_status(IMDB, self.root, self.name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from ssmbench.compare_runs import Run
+from ssmbench.compare.runs import Run
 from ssmbench.errors import UserError
 
 

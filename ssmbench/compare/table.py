@@ -1,6 +1,6 @@
 """The comparison itself: which config keys differ, which metrics to show, grouping and sorting.
 
-A `Comparison` holds plain data (JSON-ready records), rendered by ssmbench/compare_render.py:
+A `Comparison` holds plain data (JSON-ready records), rendered by ssmbench/compare/render.py:
     runs:   {"run", "path", "status", "error", "config": {key: value}, "metrics": {name: value},
              "partial": [metric names whose value is the last logged one of an unfinished run]}
     groups: {"group": {key: value}, "runs": n, "status": {status: count},
@@ -14,7 +14,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from ssmbench.compare_runs import Run
+from ssmbench.compare.runs import Run
 from ssmbench.errors import UserError
 
 DEFAULT_METRICS = ("test/acc", "val/acc_best", "test/loss", "params", "wall_time_s", "train_samples_per_s")

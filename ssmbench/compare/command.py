@@ -5,8 +5,8 @@ without saying so, killed or on a lost node, is shown as "died").
     ssmbench compare 'outputs/listops/*' --group-by model --format markdown
     ssmbench compare outputs/multirun/<date> --plot curves.png --plot-metric val/acc --group-by model
 
-Reading run directories: ssmbench/compare_runs.py; which keys differ, grouping and sorting:
-ssmbench/compare_table.py; output formats: ssmbench/compare_render.py; curves: ssmbench/compare_plot.py.
+Reading run directories: ssmbench/compare/runs.py; which keys differ, grouping and sorting:
+ssmbench/compare/table.py; output formats: ssmbench/compare/render.py; curves: ssmbench/compare/plot.py.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ssmbench.compare_render import render_csv, render_json, render_markdown, render_rich
-from ssmbench.compare_runs import AGED_STATUSES, age, load_runs, optuna_results
-from ssmbench.compare_table import DEFAULT_METRICS, compare_runs
+from ssmbench.compare.render import render_csv, render_json, render_markdown, render_rich
+from ssmbench.compare.runs import AGED_STATUSES, age, load_runs, optuna_results
+from ssmbench.compare.table import DEFAULT_METRICS, compare_runs
 from ssmbench.errors import UserError
 
 FORMATS = ("table", "markdown", "csv", "json")
@@ -79,7 +79,7 @@ def compare(argv: list[str]) -> None:
     else:
         sys.stdout.write(render_json(comparison, optuna))
     if args.plot:
-        from ssmbench.compare_plot import plot_curves
+        from ssmbench.compare.plot import plot_curves
 
         skipped = plot_curves(runs, args.plot, metric=args.plot_metric, group_by=args.group_by, x=args.plot_x)
         note = f" ({len(skipped)} runs without {args.plot_metric} left out: {', '.join(skipped)})" if skipped else ""

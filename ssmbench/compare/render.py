@@ -10,7 +10,7 @@ import io
 import json
 import math
 
-from ssmbench.compare_table import Comparison
+from ssmbench.compare.table import Comparison
 from ssmbench.runinfo import jsonable
 
 LABELS = {
