@@ -55,12 +55,18 @@ def sc_dm(**kw):
     return SelectiveCopyDataModule(**args)
 
 
-def test_selective_copy_determinism_and_errors():
-    a, b, c = set_up(sc_dm(), sc_dm(), sc_dm(seed=4))
+def assert_seeded(make) -> None:
+    """`make(**kw)` builds a task: the same seed gives the same data, another seed other data, and the
+    validation split is not a copy of the training split."""
+    a, b, c = set_up(make(), make(), make(seed=4))
     assert torch.equal(a.train_set.tensors[0], b.train_set.tensors[0])
     assert torch.equal(a.test_set.tensors[1], b.test_set.tensors[1])
     assert not torch.equal(a.train_set.tensors[0][:10], a.val_set.tensors[0])
     assert not torch.equal(a.train_set.tensors[0], c.train_set.tensors[0])
+
+
+def test_selective_copy_determinism_and_errors():
+    assert_seeded(sc_dm)
     with pytest.raises(ValueError, match="vocab_size must be n_symbols \\+ 2"):
         sc_dm(vocab_size=9)
     with pytest.raises(ValueError, match="seq_len=8 must be at least"):
@@ -124,10 +130,7 @@ def mq_dm(**kw):
 
 
 def test_mqar_determinism_and_errors():
-    a, b, c = set_up(mq_dm(), mq_dm(), mq_dm(seed=4))
-    assert torch.equal(a.train_set.tensors[0], b.train_set.tensors[0])
-    assert not torch.equal(a.train_set.tensors[0][:10], a.val_set.tensors[0])
-    assert not torch.equal(a.train_set.tensors[0], c.train_set.tensors[0])
+    assert_seeded(mq_dm)
     with pytest.raises(ValueError, match="n_classes must equal vocab_size"):
         mq_dm(n_classes=32)
     with pytest.raises(ValueError, match="seq_len=12 must be at least 4 \\* num_kv_pairs = 16"):
