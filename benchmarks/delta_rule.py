@@ -5,7 +5,7 @@
 
 B=4, H=4, Dk=Dv=64, L in {512, 2048, 8192} (--quick: 512 and 2048, one timed repeat), unit-norm keys,
 beta in (0, 1), a zero initial state. For each L:
-    recurrent       delta_rule_recurrent (the loop; autograd through every step)
+    recurrent       delta_rule_reference (the loop; autograd through every step)
     chunkwise C     delta_rule_chunkwise with chunk_size C in {32, 64} (autograd through the WY/UT form)
 Columns: median wall time of forward + backward (after one warm-up run), the process CPU time of the
 same run (CPU only: under contention from other processes it is the steadier figure), the speed-up over
@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from ssmbench.core.delta_rule import delta_rule_chunkwise, delta_rule_recurrent
+from ssmbench.core.delta_rule import delta_rule_chunkwise, delta_rule_reference
 
 B, H, D = 4, 4, 64
 CHUNKS = (32, 64)
@@ -113,7 +113,7 @@ def cpu_peak_bytes(length: int, label: str, dtype: str, threads: int | None) -> 
 
 
 def methods() -> dict:
-    table = {"recurrent": delta_rule_recurrent}
+    table = {"recurrent": delta_rule_reference}
     for c in CHUNKS:
         table[f"chunkwise {c}"] = lambda *t, c=c: delta_rule_chunkwise(*t, chunk_size=c)
     return table

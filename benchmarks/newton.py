@@ -4,8 +4,8 @@
 
 Table 1: forward + backward of the recurrence h_t = f(h_{t-1}, x_t) (the cell's input drive is
 computed once, outside the timing, for both), B = 16, for
-    diag_gru, state 64: sequential loop vs solver "quasi" (diagonal Jacobian: exact Newton)
-    elman,    state 16: sequential loop vs solver "newton" (full Jacobian, DEER)
+    diag_gru, state 64: sequential loop vs jacobian "diag" (quasi-DEER; for this cell exact Newton)
+    elman,    state 16: sequential loop vs jacobian "full" (DEER)
 at L in {1024, 4096, 16384} (and 65536 on cuda); the best of --repeats runs after a warm-up (the
 best, not the median: on a shared machine the other processes only ever add time).
 Table 2: Newton iterations per call at initialization and after --train-steps steps of training
@@ -25,14 +25,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssmbench.core.newton import newton_solve, sequential_rollout  # noqa: E402
+from ssmbench.core.newton import newton_solve, newton_solve_reference  # noqa: E402
 from ssmbench.data.base import IGNORE_INDEX  # noqa: E402
 from ssmbench.data.synthetic.copy import copy_examples  # noqa: E402
 from ssmbench.models.backbone import SequenceModel  # noqa: E402
-from ssmbench.models.nrnn import SOLVERS, NewtonRNNMixer  # noqa: E402
-from ssmbench.models.rnn_cells import make_cell  # noqa: E402
+from ssmbench.models.nrnn import NewtonRNNMixer, make_cell  # noqa: E402
 
-CASES = [("diag_gru", 64, "quasi"), ("elman", 16, "newton")]
+CASES = [("diag_gru", 64, "diag"), ("elman", 16, "full")]
 
 
 def _sync(device: torch.device) -> None:
@@ -56,10 +55,10 @@ def _time_fwd_bwd(solve, u, h0, weight, repeats: int) -> tuple[float, dict]:
 
 
 def speed_table(device: torch.device, lengths: list[int], batch: int, repeats: int) -> list[str]:
-    rows = [f"{'cell':9} {'state':>5} {'solver':7} {'L':>6} {'sequential ms':>14} {'parallel ms':>12} "
+    rows = [f"{'cell':9} {'state':>5} {'jacobian':8} {'L':>6} {'sequential ms':>14} {'parallel ms':>12} "
             f"{'speedup':>8} {'iters':>6}"]
     print(rows[0], flush=True)
-    for kind, state, solver in CASES:
+    for kind, state, jacobian in CASES:
         torch.manual_seed(0)
         cell = make_cell(kind, state, state).to(device)
         for length in lengths:
@@ -68,12 +67,12 @@ def speed_table(device: torch.device, lengths: list[int], batch: int, repeats: i
                 u = cell.drive(torch.randn(batch, length, state, generator=g).to(device))
             h0 = torch.zeros(batch, state, device=device)
             weight = torch.randn(batch, length, state, generator=g).to(device)
-            seq, _ = _time_fwd_bwd(lambda uu, hh: (sequential_rollout(cell.recurrence, uu, hh), {}),
+            seq, _ = _time_fwd_bwd(lambda uu, hh: (newton_solve_reference(cell.recurrence, uu, hh), {}),
                                    u, h0, weight, repeats)
-            par, info = _time_fwd_bwd(lambda uu, hh: newton_solve(cell.recurrence, uu, hh, SOLVERS[solver]),
+            par, info = _time_fwd_bwd(lambda uu, hh: newton_solve(cell.recurrence, uu, hh, jacobian),
                                       u, h0, weight, repeats)
             flag = " (fallback)" if info.get("fallback") else ""
-            rows.append(f"{kind:9} {state:>5} {solver:7} {length:>6} {1e3 * seq:>14.1f} {1e3 * par:>12.1f} "
+            rows.append(f"{kind:9} {state:>5} {jacobian:8} {length:>6} {1e3 * seq:>14.1f} {1e3 * par:>12.1f} "
                         f"{seq / par:>7.2f}x {info['iterations']:>6}{flag}")
             print(rows[-1], flush=True)
     return rows
@@ -81,15 +80,15 @@ def speed_table(device: torch.device, lengths: list[int], batch: int, repeats: i
 
 def training_table(device: torch.device, steps: int, seq_len: int) -> list[str]:
     """Train a one-layer nrnn on copy with the parallel solver; Newton iterations at step 1 and at the end."""
-    rows = [f"{'cell':9} {'state':>5} {'solver':7} {'L':>4} {'iters@init':>10} {f'iters@{steps}':>10} "
+    rows = [f"{'cell':9} {'state':>5} {'jacobian':8} {'L':>4} {'iters@init':>10} {f'iters@{steps}':>10} "
             f"{'max':>4} {'fallbacks':>9} {'train acc':>9}"]
     print(rows[0], flush=True)
     n_symbols, n_copy, batch = 8, 8, 32
     x_all, y_all = copy_examples(4096, seq_len, n_symbols, n_copy, torch.Generator().manual_seed(0))
     x_all, y_all = x_all.to(device), y_all.to(device)
-    for kind, state, solver in CASES:
+    for kind, state, jacobian in CASES:
         torch.manual_seed(0)
-        mixer = partial(NewtonRNNMixer, cell=kind, state_size=state, solver=solver)
+        mixer = partial(NewtonRNNMixer, cell=kind, d_state=state, jacobian=jacobian)
         net = SequenceModel(name="nrnn", mixer=mixer, n_classes=n_symbols + 2, vocab_size=n_symbols + 2,
                             target="token", d_model=64, n_layers=1, ff="glu", dropout=0.0).to(device)
         layer = net.blocks[0].mixer
@@ -111,7 +110,7 @@ def training_table(device: torch.device, steps: int, seq_len: int) -> list[str]:
                 correct += int((logits.argmax(-1)[mask] == target[mask]).sum())
                 labelled += int(mask.sum())
         tail = iters[-10:]
-        rows.append(f"{kind:9} {state:>5} {solver:7} {seq_len:>4} {iters[0]:>10.0f} {sum(tail) / len(tail):>10.1f} "
+        rows.append(f"{kind:9} {state:>5} {jacobian:8} {seq_len:>4} {iters[0]:>10.0f} {sum(tail) / len(tail):>10.1f} "
                     f"{max(iters):>4.0f} {fallbacks:>9} {correct / max(labelled, 1):>9.3f}")
         print(rows[-1], flush=True)
     return rows

@@ -1,4 +1,4 @@
-"""S4 kernel generation: naive vs memory-bounded (chunked) Cauchy backend, and kernel vs FFT convolution.
+"""S4 kernel generation: reference vs memory-bounded (chunked) Cauchy backend, and kernel vs FFT convolution.
 
     .venv/bin/python benchmarks/s4_kernel.py [--device cpu|cuda] [--quick] [--threads T]
 
@@ -8,7 +8,7 @@ backward time (median of --repeats after one warm-up) and peak memory of one for
 Cauchy backend. Peak memory is what the pass allocates on top of what was allocated before it:
 on CUDA torch.cuda.max_memory_allocated; on CPU the running sum of the allocations and frees that
 torch.profiler records (profile_memory=True), in a separate untimed pass.
-Targets at the longest L: chunked peak < 1/4 of naive, chunked time <= 1.5x naive.
+Targets at the longest L: chunked peak < 1/4 of reference, chunked time <= 1.5x reference.
 
 Part 2: one S4 layer (mode dplr, d_model 256, d_state 64) at B=8, L=4096: forward+backward of the
 kernel generation alone and of the FFT convolution alone (u: (8, 256, 4096), K: (256, 4096)), and of
@@ -121,8 +121,8 @@ def available_bytes() -> int | None:
     return None
 
 
-def naive_estimate(L: int) -> int:
-    """About what the naive backward holds: the Cauchy matrix (H, L+2, N/2) complex64 and its
+def reference_estimate(L: int) -> int:
+    """About what the reference backward holds: the Cauchy matrix (H, L+2, N/2) complex64 and its
     broadcast gradient (4 numerators), plus temporaries."""
     return 8 * H * (L + 2) * (N // 2) * 7
 
@@ -130,13 +130,14 @@ def naive_estimate(L: int) -> int:
 def benchmark_backends(lengths, device, repeats, max_elements) -> list[dict]:
     rows = []
     for L in lengths:
-        for backend in ("naive", "chunked"):
+        for backend in ("reference", "chunked"):
             set_cauchy_backend(backend, max_elements=max_elements)
             inputs = kernel_inputs(device)
-            if backend == "naive" and device.type == "cpu":
+            if backend == "reference" and device.type == "cpu":
                 avail = available_bytes()
-                if avail is not None and naive_estimate(L) > 0.8 * avail:
-                    rows.append({"L": L, "backend": backend, "skipped": f"needs ~{naive_estimate(L) / 2**30:.1f} GiB"})
+                if avail is not None and reference_estimate(L) > 0.8 * avail:
+                    needs = f"needs ~{reference_estimate(L) / 2**30:.1f} GiB"
+                    rows.append({"L": L, "backend": backend, "skipped": needs})
                     continue
             make = lambda: kernel_pass(inputs, L)  # noqa: E731
             fwd, bwd = time_fwd_bwd(make, device, repeats)
@@ -147,19 +148,19 @@ def benchmark_backends(lengths, device, repeats, max_elements) -> list[dict]:
 
 
 def print_backend_table(rows: list[dict]) -> None:
-    print(f"{'L':>6} {'backend':>8} {'fwd ms':>9} {'bwd ms':>9} {'total ms':>9} {'peak MiB':>9}"
-          f" {'time/naive':>10} {'mem/naive':>9}")
-    naive = {r["L"]: r for r in rows if r["backend"] == "naive" and "skipped" not in r}
+    print(f"{'L':>6} {'backend':>9} {'fwd ms':>9} {'bwd ms':>9} {'total ms':>9} {'peak MiB':>9}"
+          f" {'time/ref':>10} {'mem/ref':>9}")
+    reference = {r["L"]: r for r in rows if r["backend"] == "reference" and "skipped" not in r}
     for r in rows:
         if "skipped" in r:
-            print(f"{r['L']:>6} {r['backend']:>8}  skipped: {r['skipped']} (more than this machine has free)")
+            print(f"{r['L']:>6} {r['backend']:>9}  skipped: {r['skipped']} (more than this machine has free)")
             continue
         total = r["fwd"] + r["bwd"]
-        ref = naive.get(r["L"])
+        ref = reference.get(r["L"])
         t_ratio = f"{total / (ref['fwd'] + ref['bwd']):.2f}" if ref else "-"
         m_ratio = f"{r['peak'] / ref['peak']:.3f}" if ref and ref["peak"] and r["peak"] is not None else "-"
         peak = f"{r['peak'] / 2**20:.1f}" if r["peak"] is not None else "n/a"
-        print(f"{r['L']:>6} {r['backend']:>8} {1e3 * r['fwd']:>9.1f} {1e3 * r['bwd']:>9.1f} {1e3 * total:>9.1f}"
+        print(f"{r['L']:>6} {r['backend']:>9} {1e3 * r['fwd']:>9.1f} {1e3 * r['bwd']:>9.1f} {1e3 * total:>9.1f}"
               f" {peak:>9} {t_ratio:>10} {m_ratio:>9}")
 
 

@@ -70,6 +70,8 @@ def non_causal_remedy(model_cfg: DictConfig) -> str:
 
 
 def build_lit(cfg: DictConfig, net, dm) -> SequenceLitModule:
+    """The LightningModule of `net` on `dm`: the optimizer and scheduler partials of `cfg`, and the
+    optimizer's base lr and weight decay for the parameters without their own (`set_optim`)."""
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return SequenceLitModule(
         net,
@@ -77,6 +79,8 @@ def build_lit(cfg: DictConfig, net, dm) -> SequenceLitModule:
         scheduler=scheduler,
         n_classes=dm.n_classes,
         config=OmegaConf.to_container(cfg, resolve=False),
+        lr=cfg.optimizer.get("lr", 1e-3),
+        weight_decay=cfg.optimizer.get("weight_decay", 0.0),
     )
 
 

@@ -24,6 +24,7 @@ from typing import Callable
 
 from ssmbench import __version__
 from ssmbench.config import config_dir, config_groups, register_resolvers
+from ssmbench.deprecations import migrate_overrides
 from ssmbench.errors import RunFailed, UserError, fail
 from ssmbench.interrupts import RunInterrupted
 from ssmbench.resume import resume_arguments
@@ -143,7 +144,9 @@ def _check_writable(directory: str, key: str) -> None:
 
 def _prepare_job_arguments(command: str, argv: list[str]) -> list[str]:
     """The Hydra arguments of `ssmbench train|eval argv`, checked where that needs no composed config:
-    output locations can be created, an explicit hydra.run.dir holds no other run, resume= is valid."""
+    output locations can be created, an explicit hydra.run.dir holds no other run, resume= is valid;
+    renamed keys are renamed (with a deprecation line)."""
+    argv = migrate_overrides(argv)
     run_dir = _given(argv, "hydra.run.dir")
     resume = _given(argv, "resume")
     if resume is not None and command == "train":

@@ -28,8 +28,11 @@ MODEL_KEYS = ("task", "model", "seed", "optimizer", "scheduler")
 
 def eval_config(stored: dict, cfg: DictConfig, overrides: list[str], ckpt_path: str) -> DictConfig:
     """The stored run config, with the eval command's runtime groups and its task/model overrides.
-    Choosing another model (model=...) is refused: the checkpoint's weights fit only its own."""
-    run_cfg = OmegaConf.create(stored)
+    Choosing another model (model=...) is refused: the checkpoint's weights fit only its own.
+    Keys renamed since the checkpoint was written are read under their new names (`migrate_config`)."""
+    from ssmbench.deprecations import migrate_config
+
+    run_cfg = migrate_config(OmegaConf.create(stored), source=ckpt_path)
     for key in RUNTIME_KEYS:
         run_cfg[key] = cfg.get(key)
     for override in overrides:

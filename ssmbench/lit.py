@@ -29,14 +29,19 @@ class SequenceLitModule(L.LightningModule):
         scheduler: Callable[..., dict] | None,
         n_classes: int,
         config: dict | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
     ):
-        """`optimizer` and `scheduler` are partials (Hydra `_partial_: true`); `config` is the run's
-        resolved config as plain containers, saved in every checkpoint so `ssmbench eval` can rebuild it."""
+        """`optimizer` and `scheduler` are partials (Hydra `_partial_: true`); `lr` and `weight_decay` are
+        the base learning rate and weight decay of the parameters without their own (`set_optim`);
+        `config` is the run's resolved config as plain containers, saved in every checkpoint so
+        `ssmbench eval` can rebuild it."""
         super().__init__()
         self.save_hyperparameters({"config": config or {}})
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.lr, self.weight_decay = lr, weight_decay
         self.metrics = torch.nn.ModuleDict(
             {
                 f"{split}_acc": MulticlassAccuracy(n_classes, average="micro", ignore_index=IGNORE_INDEX)
@@ -103,9 +108,8 @@ class SequenceLitModule(L.LightningModule):
         complete_metric_states(self, checkpoint["state_dict"])
 
     def configure_optimizers(self) -> Any:
-        keywords = getattr(self.optimizer_factory, "keywords", {})
-        lr, weight_decay = keywords.get("lr", 1e-3), keywords.get("weight_decay", 0.0)
-        groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(self.net, lr, weight_decay)]
+        groups = [{k: v for k, v in g.items() if k != "names"}
+                  for g in param_groups(self.net, self.lr, self.weight_decay)]
         optimizer = self.optimizer_factory(params=groups)
         if self.scheduler_factory is None:
             return optimizer

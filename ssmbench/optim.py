@@ -1,6 +1,6 @@
 """Optimizer parameter groups and learning-rate schedules.
 
-Parameter groups follow `ssmbench.models.params`: a parameter's own hint (`lr`, `lr_scale`,
+Parameter groups follow `ssmbench.models.params`: a parameter's own hint (`lr`, absolute, and
 `weight_decay`) wins; otherwise biases, norm weights and embeddings get no weight decay and
 everything else gets the optimizer's weight decay. Parameters with equal (lr, weight_decay)
 share one group.
@@ -34,7 +34,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]
         if not p.requires_grad:
             continue
         hint = optim_hint(p)
-        p_lr = hint.get("lr", lr * hint.get("lr_scale", 1.0))
+        p_lr = hint.get("lr", lr)
         p_wd = hint.get("weight_decay", 0.0 if id(p) in no_decay else weight_decay)
         group = groups.setdefault((p_lr, p_wd), {"params": [], "names": [], "lr": p_lr, "weight_decay": p_wd})
         group["params"].append(p)

@@ -49,10 +49,13 @@ def resume_arguments(run_dir: str, overrides: list[str], groups: list[str]) -> l
 def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """The stored config of the run being resumed, with the command line's key=value `overrides` applied
     (their values as `cfg`, the freshly composed config, parsed them). When they change anything, the
-    run's .hydra/config.yaml and overrides.yaml are updated, so the directory keeps telling the truth."""
+    run's .hydra/config.yaml and overrides.yaml are updated, so the directory keeps telling the truth.
+    Keys renamed since the run was composed are read under their new names (`migrate_config`)."""
+    from ssmbench.deprecations import migrate_config
+
     run_dir = Path(cfg[RESUME_KEY])
     hydra_dir = run_dir / ".hydra"
-    stored = OmegaConf.load(hydra_dir / "config.yaml")
+    stored = migrate_config(OmegaConf.load(hydra_dir / "config.yaml"), source=str(hydra_dir / "config.yaml"))
     changes = [o for o in overrides if _key(o) != RESUME_KEY]
     for override in changes:
         key = _key(override)

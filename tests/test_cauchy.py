@@ -1,4 +1,5 @@
-"""The Cauchy kernel: naive against an explicit double loop; chunked against naive (values and gradients)."""
+"""The Cauchy kernel: the reference against an explicit double loop; chunked against the reference (values and
+gradients)."""
 
 import logging
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from ssmbench.core import cauchy as cauchy_module
-from ssmbench.core.cauchy import backend_in_use, cauchy, cauchy_chunked, cauchy_naive, set_cauchy_backend
+from ssmbench.core.cauchy import backend_in_use, cauchy, cauchy_chunked, cauchy_reference, set_cauchy_backend
 
 C128 = torch.complex128
 
@@ -27,9 +28,9 @@ def sample(batch_v=(3, 2), batch_w=(3, 1), N=5, L=11, seed=0):
     return v, z, w
 
 
-def test_naive_equals_double_loop():
+def test_reference_equals_double_loop():
     v, z, w = sample(batch_v=(2,), batch_w=(2,), N=4, L=7)
-    y = cauchy_naive(v, z, w)
+    y = cauchy_reference(v, z, w)
     for b in range(2):
         for j in range(7):
             expected = sum(v[b, i] / (z[j] - w[b, i]) for i in range(4))
@@ -37,24 +38,24 @@ def test_naive_equals_double_loop():
 
 
 @pytest.mark.parametrize("max_elements", [1, 7, 40, 10**6])
-def test_chunked_equals_naive_with_broadcasting(max_elements):
+def test_chunked_equals_reference_with_broadcasting(max_elements):
     v, z, w = sample()
-    torch.testing.assert_close(cauchy_chunked(v, z, w, max_elements=max_elements), cauchy_naive(v, z, w),
+    torch.testing.assert_close(cauchy_chunked(v, z, w, max_elements=max_elements), cauchy_reference(v, z, w),
                                rtol=0, atol=1e-13)
 
 
-def test_chunked_gradients_equal_naive_gradients():
+def test_chunked_gradients_equal_reference_gradients():
     v, z, w = sample(L=13)
     grads = []
-    for fn in (cauchy_naive, lambda *a: cauchy_chunked(*a, max_elements=2 * 3 * 5)):
+    for fn in (cauchy_reference, lambda *a: cauchy_chunked(*a, max_elements=2 * 3 * 5)):
         leaves = [t.clone().requires_grad_() for t in (v, z, w)]
         out = fn(*leaves)
         weight = torch.linspace(0.5, 1.5, out.numel(), dtype=torch.float64).reshape(out.shape)
         (weight * out.real + out.imag ** 2).sum().backward()
         grads.append([t.grad for t in leaves])
-    for naive, chunked in zip(*grads):
-        assert chunked.shape == naive.shape
-        torch.testing.assert_close(chunked, naive, rtol=0, atol=1e-12)
+    for reference, chunked in zip(*grads):
+        assert chunked.shape == reference.shape
+        torch.testing.assert_close(chunked, reference, rtol=0, atol=1e-12)
 
 
 def test_chunked_gradcheck():
@@ -68,12 +69,12 @@ def test_backend_setting_is_used_and_logged_once_each(caplog):
     assert cauchy_module.cauchy_settings()["backend"] == "chunked"    # the default
     cauchy_module._logged.clear()
     with caplog.at_level(logging.INFO, logger="ssmbench.core.cauchy"):
-        for backend in ("chunked", "naive", "chunked", "naive"):
+        for backend in ("chunked", "reference", "chunked", "reference"):
             set_cauchy_backend(backend, max_elements=8)
             assert backend_in_use() == backend
-            torch.testing.assert_close(cauchy(v, z, w), cauchy_naive(v, z, w), rtol=0, atol=1e-13)
+            torch.testing.assert_close(cauchy(v, z, w), cauchy_reference(v, z, w), rtol=0, atol=1e-13)
     assert [r.getMessage() for r in caplog.records] == [
-        "Cauchy kernel backend: chunked (max_elements 8)", "Cauchy kernel backend: naive (max_elements 8)"]
+        "Cauchy kernel backend: chunked (max_elements 8)", "Cauchy kernel backend: reference (max_elements 8)"]
 
 
 def test_bad_arguments():

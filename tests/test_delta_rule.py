@@ -6,7 +6,7 @@ from functools import lru_cache
 import pytest
 import torch
 
-from ssmbench.core.delta_rule import delta_rule_chunkwise, delta_rule_inverse, delta_rule_recurrent
+from ssmbench.core.delta_rule import delta_rule_chunkwise, delta_rule_inverse, delta_rule_reference
 
 B, H, DK, DV = 2, 2, 8, 12
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
@@ -43,14 +43,14 @@ def run(fn, L: int, dtype: torch.dtype, with_state: bool):
 
 
 @lru_cache(maxsize=None)
-def recurrent_result(L: int, dtype: torch.dtype, with_state: bool):
-    return run(lambda q, k, v, b, S0: delta_rule_recurrent(q, k, v, b, initial_state=S0), L, dtype, with_state)
+def reference_result(L: int, dtype: torch.dtype, with_state: bool):
+    return run(lambda q, k, v, b, S0: delta_rule_reference(q, k, v, b, initial_state=S0), L, dtype, with_state)
 
 
-def test_recurrent_is_the_rule_as_written_in_the_paper():
+def test_reference_is_the_rule_as_written_in_the_paper():
     """S'_t = S'_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T, o_t = S'_t q_t with S' = S^T (Dv, Dk)."""
     q, k, v, beta, S0 = (t.detach() for t in make_inputs(7, torch.float64, with_state=True))
-    o, S = delta_rule_recurrent(q, k, v, beta, initial_state=S0)
+    o, S = delta_rule_reference(q, k, v, beta, initial_state=S0)
     for b in range(B):
         for h in range(H):
             St = S0[b, h].T
@@ -66,8 +66,8 @@ def test_recurrent_is_the_rule_as_written_in_the_paper():
 @pytest.mark.parametrize("with_state", [False, True], ids=["S0=0", "S0"])
 @pytest.mark.parametrize("L", [1, 63, 100, 1000])
 @pytest.mark.parametrize("chunk_size", [16, 32, 64])
-def test_chunkwise_equals_recurrent_with_gradients(chunk_size, L, with_state, dtype):
-    expected = recurrent_result(L, dtype, with_state)
+def test_chunkwise_equals_reference_with_gradients(chunk_size, L, with_state, dtype):
+    expected = reference_result(L, dtype, with_state)
     got = run(lambda q, k, v, b, S0: delta_rule_chunkwise(q, k, v, b, chunk_size=chunk_size, initial_state=S0),
               L, dtype, with_state)
     names = ["o", "final state", "dq", "dk", "dv", "dbeta", "dS0"]
@@ -79,21 +79,21 @@ def test_chunkwise_equals_recurrent_with_gradients(chunk_size, L, with_state, dt
 def test_padding_steps_with_zero_beta_and_key_leave_the_state_unchanged():
     q, k, v, beta, S0 = (t.detach() for t in make_inputs(5, torch.float64, with_state=True))
     k, beta = torch.zeros_like(k), torch.zeros_like(beta)
-    o, S = delta_rule_recurrent(q, k, v, beta, initial_state=S0)
+    o, S = delta_rule_reference(q, k, v, beta, initial_state=S0)
     torch.testing.assert_close(S, S0, rtol=0, atol=0)
     torch.testing.assert_close(o, torch.einsum("bhkv,bhlk->bhlv", S0, q))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("fn", ["recurrent", "chunkwise"])
+@pytest.mark.parametrize("fn", ["reference", "chunkwise"])
 def test_half_precision_inputs_accumulate_in_float32(fn, dtype):
-    rule = {"recurrent": delta_rule_recurrent,
+    rule = {"reference": delta_rule_reference,
             "chunkwise": lambda *a, **kw: delta_rule_chunkwise(*a, chunk_size=16, **kw)}[fn]
     q, k, v, beta, S0 = (t.detach() for t in make_inputs(50, torch.float32, with_state=True))
     low = [t.to(dtype) for t in (q, k, v, beta)]
     o, S = rule(*low, initial_state=S0)
     assert o.dtype == dtype and S.dtype == torch.float32
-    o32, S32 = delta_rule_recurrent(*(t.float() for t in low), initial_state=S0)
+    o32, S32 = delta_rule_reference(*(t.float() for t in low), initial_state=S0)
     assert rel_err(S, S32) <= 1e-5
     assert rel_err(o.float(), o32) <= 1e-2
 
@@ -161,7 +161,7 @@ def test_inverse_entries_can_leave_minus_one_one_for_longer_keys():
 def test_bad_shapes_and_chunk_sizes_are_clear_errors():
     q, k, v, beta, _ = (t.detach() for t in make_inputs(10, torch.float32, with_state=True))
     with pytest.raises(ValueError, match="beta must be"):
-        delta_rule_recurrent(q, k, v, beta[..., :5])
+        delta_rule_reference(q, k, v, beta[..., :5])
     with pytest.raises(ValueError, match="q and k"):
         delta_rule_chunkwise(q, k[..., :4], v, beta)
     with pytest.raises(ValueError, match="v must be"):
@@ -175,8 +175,8 @@ def test_bad_shapes_and_chunk_sizes_are_clear_errors():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_chunkwise_on_gpu_equals_recurrent_on_cpu():
+def test_chunkwise_on_gpu_equals_reference_on_cpu():
     q, k, v, beta, S0 = (t.detach() for t in make_inputs(300, torch.float32, with_state=True))
     o, S = delta_rule_chunkwise(*(t.cuda() for t in (q, k, v, beta)), chunk_size=64, initial_state=S0.cuda())
-    o_ref, S_ref = delta_rule_recurrent(q, k, v, beta, initial_state=S0)
+    o_ref, S_ref = delta_rule_reference(q, k, v, beta, initial_state=S0)
     assert rel_err(o.cpu(), o_ref) <= 1e-4 and rel_err(S.cpu(), S_ref) <= 1e-4

@@ -99,7 +99,7 @@ def test_gradients_reach_every_parameter():
 
 
 def test_recurrent_parameters_get_their_own_lr_and_no_weight_decay():
-    mixer = LRUMixer(d_model=8, d_state=16, lr_factor=0.25)
+    mixer = LRUMixer(d_model=8, d_state=16, ssm_lr=0.25e-3)
     groups = {name: (g["lr"], g["weight_decay"]) for g in param_groups(mixer, 1e-3, 0.05) for name in g["names"]}
     for name in ("lru.nu_log", "lru.theta_log", "lru.gamma_log", "lru.B"):
         assert groups[name] == (0.25e-3, 0.0), name

@@ -13,10 +13,10 @@ from ssmbench.core.newton import (
     jacobian_blocks,
     jacobian_diagonal,
     newton_solve,
-    sequential_rollout,
+    newton_solve_reference,
 )
 from ssmbench.core.scan import linear_scan_reference
-from ssmbench.models.rnn_cells import make_cell
+from ssmbench.models.nrnn.cells import make_cell
 
 D_IN, D = 3, 4
 # (cell, jacobian) pairs for which newton_solve is exact Newton: the gradients are exact too.
@@ -44,7 +44,7 @@ def test_forward_equals_rollout_float64(kind, length):
     cell = _cell(kind)
     x, h0 = _data(2, length)
     with torch.no_grad():
-        ref = sequential_rollout(cell, x, h0)
+        ref = newton_solve_reference(cell, x, h0)
         for jacobian in ("full", "diag"):
             h, info = newton_solve(cell, x, h0, jacobian=jacobian, max_iter=200)
             assert not info["fallback"] and info["converged"], info
@@ -60,7 +60,7 @@ def test_forward_equals_rollout_float32(kind, jacobian, length):
     x, h0 = _data(2, length, torch.float32)
     with torch.no_grad():
         h, info = newton_solve(cell, x, h0, jacobian=jacobian)  # default float32 tolerances
-        ref = sequential_rollout(cell.double(), x.double(), h0.double())
+        ref = newton_solve_reference(cell.double(), x.double(), h0.double())
     assert not info["fallback"], info
     assert info["iterations"] <= 12
     torch.testing.assert_close(h.double(), ref, rtol=0, atol=1e-4)
@@ -76,7 +76,7 @@ def _grads(fn, cell, x, h0, weight):
 def _assert_gradients_match_rollout(solve, cell, x, h0, weight):
     """The gradients through `solve` equal backpropagation through the sequential rollout."""
     fast = _grads(solve, cell, x, h0, weight)
-    slow = _grads(sequential_rollout, cell, x, h0, weight)
+    slow = _grads(newton_solve_reference, cell, x, h0, weight)
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
 
@@ -98,7 +98,7 @@ def test_diagonal_adjoint_of_a_dense_cell_is_an_approximation():
     x, h0 = _data(2, 50, seed=4)
     weight = torch.randn(2, 50, D, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     approx = _grads(lambda c, xx, hh: newton_solve(c, xx, hh, backward="diag", max_iter=200)[0], cell, x, h0, weight)
-    exact = _grads(sequential_rollout, cell, x, h0, weight)
+    exact = _grads(newton_solve_reference, cell, x, h0, weight)
     a, b = torch.cat([g.flatten() for g in approx]), torch.cat([g.flatten() for g in exact])
     assert (a - b).abs().max() > 1e-4
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.9
@@ -114,7 +114,7 @@ def test_converges_in_L_iterations_from_any_start(jacobian, length):
     start = 3.0 * torch.randn(2, length, D, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         h, info = newton_solve(cell, x, h0, jacobian=jacobian, max_iter=length, tol=0.0, rtol=0.0, init=start)
-        ref = sequential_rollout(cell, x, h0)
+        ref = newton_solve_reference(cell, x, h0)
     assert info["iterations"] == length and not info["fallback"], info
     torch.testing.assert_close(h, ref, rtol=0, atol=1e-10)
 
@@ -124,7 +124,7 @@ def test_prefix_is_exact_after_k_iterations():
     cell = _cell("gru")
     x, h0 = _data(1, 30, seed=8)
     with torch.no_grad():
-        ref = sequential_rollout(cell, x, h0)
+        ref = newton_solve_reference(cell, x, h0)
         h = torch.zeros(1, 30, D, dtype=torch.float64)
         for k in range(1, 13):
             h, info = newton_solve(cell, x, h0, jacobian="diag", tol=1e30, init=h)
@@ -141,7 +141,7 @@ def test_diverging_newton_falls_back_and_damping_converges(caplog):
     cell = _cell("elman", torch.float32, scale=6.0)
     x, h0 = _data(2, 100, torch.float32, seed=9)
     with torch.no_grad():
-        ref = sequential_rollout(cell, x, h0)
+        ref = newton_solve_reference(cell, x, h0)
         with caplog.at_level(logging.WARNING, logger="ssmbench.core.newton"):
             h, info = newton_solve(cell, x, h0, jacobian="full", max_iter=30)
         assert info["fallback"] and not info["converged"] and "non-finite" in info["reason"], info
@@ -158,7 +158,7 @@ def test_non_convergence_within_max_iter_falls_back():
     x, h0 = _data(2, 100, seed=10)
     with torch.no_grad():
         h, info = newton_solve(cell, x, h0, jacobian="diag", max_iter=2)
-        torch.testing.assert_close(h, sequential_rollout(cell, x, h0), rtol=0, atol=1e-12)
+        torch.testing.assert_close(h, newton_solve_reference(cell, x, h0), rtol=0, atol=1e-12)
     assert info["fallback"] and info["iterations"] == 2 and "max_iter=2" in info["reason"]
 
 
@@ -181,7 +181,7 @@ def test_initial_guesses_and_damping_reach_the_same_solution():
     cell = _cell("gru")
     x, h0 = _data(2, 64, seed=13)
     with torch.no_grad():
-        ref = sequential_rollout(cell, x, h0)
+        ref = newton_solve_reference(cell, x, h0)
         for options in ({"init": "input"}, {"init": torch.ones(2, 64, D, dtype=torch.float64)},
                         {"damping": 0.1}, {"jacobian": "full", "init": "input"}):
             h, info = newton_solve(cell, x, h0, max_iter=200, **options)
@@ -242,15 +242,15 @@ def test_heads_with_the_full_jacobian():
     x, h0 = _data(2, 33, state=8)
     with torch.no_grad():
         h, info = newton_solve(cell, x, h0, jacobian="full")
-        torch.testing.assert_close(h, sequential_rollout(cell, x, h0), rtol=0, atol=1e-10)
+        torch.testing.assert_close(h, newton_solve_reference(cell, x, h0), rtol=0, atol=1e-10)
     assert not info["fallback"]
 
 
 def test_a_cell_without_analytic_jacobian():
-    """A plain module (forward and state_size only): the solver takes the Jacobian from torch.func."""
+    """A plain module (forward and d_state only): the solver takes the Jacobian from torch.func."""
 
     class Plain(torch.nn.Module):
-        state_size = D
+        d_state = D
 
         def __init__(self):
             super().__init__()
@@ -297,7 +297,7 @@ def test_cell_evaluated_in_row_blocks_equals_whole(monkeypatch, kind, jacobian):
     weight = torch.randn(2, 50, D, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         whole, whole_info = newton_solve(cell, x, h0, jacobian=jacobian, max_iter=200)
-        ref = sequential_rollout(cell, x, h0)
+        ref = newton_solve_reference(cell, x, h0)
     monkeypatch.setattr(newton, "CELL_BLOCK_BYTES", 3 * D * 8)
     assert len(newton._row_blocks(100, D, torch.float64, x.device)) == 34
     with torch.no_grad():

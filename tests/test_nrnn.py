@@ -8,7 +8,7 @@ import torch
 
 from ssmbench.core.newton import jacobian_diagonal
 from ssmbench.models.nrnn import NewtonRNNMixer
-from ssmbench.models.rnn_cells import CELLS, make_cell
+from ssmbench.models.nrnn.cells import CELLS, make_cell
 from tests.helpers import train
 
 
@@ -56,7 +56,7 @@ def test_diag_gru_is_the_gru_with_diagonal_recurrent_weights():
 def test_heads_are_independent_cells():
     """A 2-head gru equals two 1-head grus, each on its half of the state, reading the whole input."""
     torch.manual_seed(0)
-    multi = make_cell("gru", 5, 8, n_heads=2).double()
+    multi = make_cell("gru", 5, 8, num_heads=2).double()
     h, x = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
     out = multi(h, x)
     u = multi.drive(x).view(3, 3, 2, 4)  # (gate, head, unit)
@@ -83,13 +83,13 @@ def test_analytic_jacobian_diagonal_matches_autodiff(kind, heads):
         torch.testing.assert_close(full, torch.diag(diag[0, 0]))
 
 
-@pytest.mark.parametrize("cell,solver", [("diag_gru", "quasi"), ("diag_gru", "newton"), ("elman", "newton"),
-                                         ("gru", "quasi"), ("gru", "newton")])
-def test_parallel_mixer_equals_the_sequential_mixer(cell, solver):
+@pytest.mark.parametrize("cell,jacobian", [("diag_gru", "diag"), ("diag_gru", "full"), ("elman", "full"),
+                                           ("gru", "diag"), ("gru", "full")])
+def test_parallel_mixer_equals_the_sequential_mixer(cell, jacobian):
     torch.manual_seed(2)
-    parallel = NewtonRNNMixer(8, cell=cell, solver=solver, n_heads=1 if cell == "diag_gru" else 2,
+    parallel = NewtonRNNMixer(8, cell=cell, jacobian=jacobian, num_heads=1 if cell == "diag_gru" else 2,
                               max_iter=100).double()
-    sequential = NewtonRNNMixer(8, cell=cell, solver="sequential", n_heads=1 if cell == "diag_gru" else 2).double()
+    sequential = NewtonRNNMixer(8, cell=cell, jacobian="none", num_heads=1 if cell == "diag_gru" else 2).double()
     sequential.load_state_dict(parallel.state_dict())
     x = torch.randn(3, 37, 8, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(3, 37, 8, dtype=torch.float64)
@@ -109,7 +109,7 @@ def test_parallel_mixer_equals_the_sequential_mixer(cell, solver):
 
 def test_step_matches_forward():
     torch.manual_seed(3)
-    mixer = NewtonRNNMixer(8, cell="gru", n_heads=2, state_size=12)
+    mixer = NewtonRNNMixer(8, cell="gru", num_heads=2, d_state=12)
     x = torch.randn(2, 9, 8)
     with torch.no_grad():
         y = mixer(x)
@@ -134,23 +134,23 @@ def test_mixed_precision_solves_in_full_precision():
 
 
 def test_config_errors_are_clear():
-    with pytest.raises(ValueError, match="solver='fast' is not one of"):
-        NewtonRNNMixer(8, solver="fast")
+    with pytest.raises(ValueError, match="jacobian='fast' is not one of"):
+        NewtonRNNMixer(8, jacobian="fast")
     with pytest.raises(ValueError, match="cell='lstm' is not one of"):
         NewtonRNNMixer(8, cell="lstm")
     with pytest.raises(ValueError, match="diag_gru has no heads"):
-        NewtonRNNMixer(8, cell="diag_gru", n_heads=2)
-    with pytest.raises(ValueError, match="must be a positive multiple of n_heads"):
-        NewtonRNNMixer(8, cell="gru", n_heads=3)
-    with pytest.raises(ValueError, match="needs solver=quasi"):
-        NewtonRNNMixer(8, cell="gru", solver="newton", damping=1.0)
+        NewtonRNNMixer(8, cell="diag_gru", num_heads=2)
+    with pytest.raises(ValueError, match="must be a positive multiple of num_heads"):
+        NewtonRNNMixer(8, cell="gru", num_heads=3)
+    with pytest.raises(ValueError, match="needs jacobian=diag"):
+        NewtonRNNMixer(8, cell="gru", jacobian="full", damping=1.0)
     assert set(CELLS) == {"elman", "gru", "diag_gru"}
 
 
 @pytest.mark.slow
 def test_train_nrnn_on_copy_with_the_parallel_solver(tmp_path):
     """3 epochs x 40 steps of the copy task (3 symbols over 16 steps): far above chance (1/8) with quasi-DEER."""
-    result = train(tmp_path / "run", "model=nrnn", "task=copy", "model.mixer.solver=quasi", "model.d_model=32",
+    result = train(tmp_path / "run", "model=nrnn", "task=copy", "model.mixer.jacobian=diag", "model.d_model=32",
                    "model.n_layers=1", "task.seq_len=16", "task.n_copy=3", "task.n_train=2560", "task.n_val=256",
                    "task.n_test=256", "trainer.max_epochs=3", "optimizer.lr=1e-2")
     metrics = result["metrics"]

@@ -12,7 +12,7 @@ C128 = torch.complex128
 LENGTHS = (16, 100, 1000)
 
 
-@pytest.fixture(params=["naive", "chunked"])
+@pytest.fixture(params=["reference", "chunked"])
 def backend(request):
     saved = cauchy_module.cauchy_settings()
     cauchy_module.set_cauchy_backend(request.param, max_elements=500)

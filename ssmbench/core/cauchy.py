@@ -2,15 +2,17 @@
 
 Leading dimensions broadcast; complex in, complex out. Two backends compute the same sum:
 
-    naive    one broadcast (..., L, N) Cauchy matrix 1 / (z_j - w_i), differentiated by autograd
-             (the reference).
-    chunked  the nodes z in chunks of c, so that no tensor of the forward or the backward pass holds
-             more than about `max_elements` complex numbers (c = max_elements / (batch * N), at least
-             1); a custom backward recomputes each chunk's Cauchy matrix instead of storing it.
+    reference  one broadcast (..., L, N) Cauchy matrix 1 / (z_j - w_i), differentiated by autograd
+               (`cauchy_reference`).
+    chunked    the nodes z in chunks of c, so that no tensor of the forward or the backward pass holds
+               more than about `max_elements` complex numbers (c = max_elements / (batch * N), at least
+               1); a custom backward recomputes each chunk's Cauchy matrix instead of storing it
+               (`cauchy_chunked`).
 
 `cauchy()` uses the backend of the module setting (`set_cauchy_backend`), "chunked" by default: its
-hand-written backward is also faster than autograd through the naive broadcast (which materializes
-the Cauchy matrix's gradient for every numerator), at every size measured (benchmarks/s4_kernel.py).
+hand-written backward is also faster than autograd through the reference's broadcast (which
+materializes the Cauchy matrix's gradient for every numerator), at every size measured
+(benchmarks/s4_kernel.py).
 The backend in use is logged once per process, at its first call.
 """
 
@@ -23,13 +25,13 @@ import torch
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("chunked", "naive")
+BACKENDS = ("chunked", "reference")
 _settings = {"backend": "chunked", "max_elements": 2**22}
 _logged: set[str] = set()
 
 
 def set_cauchy_backend(backend: str = "chunked", max_elements: int | None = None) -> None:
-    """Choose the backend of `cauchy()` ("chunked" | "naive") and the element budget of a chunk."""
+    """Choose the backend of `cauchy()` ("chunked" | "reference") and the element budget of a chunk."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown Cauchy backend {backend!r}: use one of {list(BACKENDS)}")
     if max_elements is not None and max_elements < 1:
@@ -44,7 +46,7 @@ def cauchy_settings() -> dict:
     return dict(_settings)
 
 
-def cauchy_naive(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def cauchy_reference(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """sum_i v_i / (z_j - w_i) through the full broadcast Cauchy matrix: (..., N), (..., L), (..., N) -> (..., L)."""
     r = (z[..., :, None] - w[..., None, :]).reciprocal_()
     return torch.einsum("...ln,...n->...l", r, v)
@@ -71,7 +73,7 @@ class _ChunkedCauchy(torch.autograd.Function):
         ctx.save_for_backward(v, z, w)
         ctx.chunk = chunk
         return torch.cat(
-            [cauchy_naive(v, z[..., s : s + chunk], w) for s in range(0, z.shape[-1], chunk)], dim=-1
+            [cauchy_reference(v, z[..., s : s + chunk], w) for s in range(0, z.shape[-1], chunk)], dim=-1
         )
 
     @staticmethod
@@ -131,6 +133,6 @@ def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """sum_i v_i / (z_j - w_i) with the configured backend: v (..., N), z (..., L), w (..., N) -> (..., L)."""
     if v.shape[-1] != w.shape[-1]:
         raise ValueError(f"cauchy: v and w need the same last (state) size, got {v.shape[-1]} and {w.shape[-1]}")
-    if backend_in_use() == "naive":
-        return cauchy_naive(v, z, w)
+    if backend_in_use() == "reference":
+        return cauchy_reference(v, z, w)
     return cauchy_chunked(v, z, w)

@@ -1,5 +1,6 @@
 """The delta rule (Yang et al. 2024, "Parallelizing Linear Transformers with the Delta Rule over
-Sequence Length"), as a sequential loop and in chunkwise-parallel WY/UT form.
+Sequence Length"), as a sequential loop (`delta_rule_reference`, also the one-token recurrent form)
+and in chunkwise-parallel WY/UT form (`delta_rule_chunkwise`).
 
 Shapes: q, k (B, H, L, Dk), v (B, H, L, Dv), beta (B, H, L), state S (B, H, Dk, Dv).
 The rule (no scaling inside; the caller scales q):
@@ -46,7 +47,7 @@ def _initial(initial_state: torch.Tensor | None, q: torch.Tensor, v: torch.Tenso
     return initial_state.to(dtype)
 
 
-def delta_rule_recurrent(
+def delta_rule_reference(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -100,7 +101,7 @@ def delta_rule_chunkwise(
     chunk_size: int = 64,
     initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same map as `delta_rule_recurrent`, chunk by chunk (chunk length C = chunk_size).
+    """The same map as `delta_rule_reference`, chunk by chunk (chunk length C = chunk_size).
 
     Within every chunk (all chunks at once; one batched triangular solve, `delta_rule_inverse`) the
     WY/UT form

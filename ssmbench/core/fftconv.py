@@ -1,4 +1,4 @@
-"""Long convolutions by FFT, and their direct O(L^2) references.
+"""Long convolutions by FFT, and their direct O(L^2) references (`*_reference`).
 
     causal:         y_t = sum_{s<=t} K_{t-s} u_s
     bidirectional:  y_t = sum_{s<=t} Kf_{t-s} u_s + sum_{s>t} Kb_{s-t-1} u_s
@@ -42,14 +42,14 @@ def bidirectional_conv(u: torch.Tensor, K_fwd: torch.Tensor, K_bwd: torch.Tensor
     return _circular(u, torch.cat([K_fwd, K_bwd.flip(-1)], dim=-1), 2 * L)[..., :L]
 
 
-def causal_conv_direct(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+def causal_conv_reference(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """The reference: y_t = sum_{s<=t} K_{t-s} u_s as an explicit sum, (..., L), (..., L) -> (..., L)."""
     L = _check(u, K)
     return torch.stack([(K[..., : t + 1].flip(-1) * u[..., : t + 1]).sum(-1) for t in range(L)], dim=-1)
 
 
-def bidirectional_conv_direct(u: torch.Tensor, K_fwd: torch.Tensor, K_bwd: torch.Tensor) -> torch.Tensor:
+def bidirectional_conv_reference(u: torch.Tensor, K_fwd: torch.Tensor, K_bwd: torch.Tensor) -> torch.Tensor:
     """The reference: y_t = sum_{s<=t} Kf_{t-s} u_s + sum_{s>t} Kb_{s-t-1} u_s as explicit sums."""
     L = _check(u, K_fwd, K_bwd)
     anti = torch.stack([(K_bwd[..., : L - t - 1] * u[..., t + 1 :]).sum(-1) for t in range(L)], dim=-1)
-    return causal_conv_direct(u, K_fwd) + anti
+    return causal_conv_reference(u, K_fwd) + anti

@@ -1,7 +1,7 @@
 """Nonlinear recurrences h_t = f(h_{t-1}, x_t) solved for all t at once by Newton's method.
 
-    sequential_rollout(cell, x, h0)                  the reference: one step at a time
     newton_solve(cell, x, h0, jacobian, max_iter, tol, damping, init) -> (h, info)
+    newton_solve_reference(cell, x, h0)              the reference: the sequential rollout, one step at a time
     damped_step(a, b, y, h0, damping)                one quasi-ELK (Levenberg-Marquardt) step
     damped_step_reference(a, b, y, h0, damping)      the same step as a dense least-squares solve
     jacobian_blocks(cell, h_prev, x), jacobian_diagonal(cell, h_prev, x)   df/dh by torch.func
@@ -45,7 +45,7 @@ the solution than its last update; quasi-DEER on a dense cell converges linearly
 the order of the last update (`info["residual"]` reports it). With tol = rtol = 0 only max_iter (or
 L) ends the iterations.
 If the iterations have not converged after max_iter steps, or an iterate is not finite (NaN/inf:
-divergence), the call falls back to `sequential_rollout`; `info` records it and a warning is
+divergence), the call falls back to `newton_solve_reference`; `info` records it and a warning is
 logged. A non-finite x or h0, or a rollout that itself is not finite, raises an error: NaN/inf is
 never returned silently.
 
@@ -63,14 +63,14 @@ diagonal: an approximate gradient that drops the off-diagonal terms of J_t^T in 
 
 The cell protocol (an nn.Module; this file only calls it, and uses torch.func on it):
     forward(h_prev, x) -> h        on any leading dimensions: (..., D), (..., Din) -> (..., D)
-    state_size: int                D
+    d_state: int                   D
   optional:
-    n_heads: int                   df/dh is block-diagonal with n_heads blocks of D / n_heads
+    num_heads: int                 df/dh is block-diagonal with num_heads blocks of D / num_heads
     diagonal: bool                 df/dh is diagonal (then jacobian="diag" is exact Newton)
     jacobian_diag(h_prev, x)       the diagonal of df/dh_prev: (..., D)
     value_and_jacobian_diag(h_prev, x) -> (f, diag), sharing the work of the two
 Without them the solver computes the Jacobian (its blocks, or their diagonals) with forward-mode
-torch.func: D / n_heads Jacobian-vector products.
+torch.func: D / num_heads Jacobian-vector products.
 """
 
 from __future__ import annotations
@@ -100,8 +100,9 @@ FULL_BACKWARD_MAX_STATE = 32  # head size up to which jacobian="diag" on a dense
 CELL_BLOCK_BYTES = 1 << 19  # on a CPU the cell is evaluated on blocks of rows of this much state (_row_blocks)
 
 
-def sequential_rollout(cell: torch.nn.Module, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """h_t = f(h_{t-1}, x_t) for t = 1 .. L, one step at a time: (B, L, Din), (B, D) -> (B, L, D).
+def newton_solve_reference(cell: torch.nn.Module, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """h_t = f(h_{t-1}, x_t) for t = 1 .. L, one step at a time (the sequential rollout):
+    (B, L, Din), (B, D) -> (B, L, D).
 
     The reference for `newton_solve` (and its fallback); autograd differentiates through the loop.
     """
@@ -116,22 +117,22 @@ def sequential_rollout(cell: torch.nn.Module, x: torch.Tensor, h0: torch.Tensor)
 # Jacobians
 
 
-def _n_heads(cell: torch.nn.Module, width: int) -> int:
-    heads = int(getattr(cell, "n_heads", 1))
+def _num_heads(cell: torch.nn.Module, width: int) -> int:
+    heads = int(getattr(cell, "num_heads", 1))
     if heads < 1 or width % heads:
-        raise ValueError(f"cell.n_heads={heads} must divide the state size {width}")
+        raise ValueError(f"cell.num_heads={heads} must divide the state size {width}")
     return heads
 
 
 def jacobian_blocks(cell: torch.nn.Module, h_prev: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The diagonal blocks of df/dh_prev by forward-mode AD: (..., D), (..., Din) -> (..., H, Dh, Dh).
 
-    H = cell.n_heads (1 unless the cell declares heads), Dh = D / H; entry [..., k, i, j] is
+    H = cell.num_heads (1 unless the cell declares heads), Dh = D / H; entry [..., k, i, j] is
     d f_{k Dh + i} / d h_{k Dh + j}. Costs Dh Jacobian-vector products: the tangent e_j repeated in
     every head gives column j of every block at once (the blocks do not interact).
     """
     width = h_prev.shape[-1]
-    heads = _n_heads(cell, width)
+    heads = _num_heads(cell, width)
     head_size = width // heads
     basis = torch.eye(head_size, dtype=h_prev.dtype, device=h_prev.device).repeat(1, heads)  # (Dh, D)
 
@@ -398,7 +399,7 @@ def _solve(spec: _Spec, x: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor
         if not (torch.isfinite(x).all() and torch.isfinite(h0).all()):
             raise ValueError("newton_solve: x or h0 contains NaN or inf; check the inputs of the recurrence")
         log.warning("newton_solve: %s; falling back to the sequential rollout (L=%d)", reason, length)
-        h = sequential_rollout(spec.cell, x, h0)
+        h = newton_solve_reference(spec.cell, x, h0)
         if not torch.isfinite(h).all():
             raise FloatingPointError(
                 "newton_solve: the sequential rollout is not finite either: the recurrence overflows "
@@ -451,6 +452,47 @@ class _ImplicitSolve(torch.autograd.Function):
         return grads[0], grads[1], None, *grads[2:]
 
 
+def _check_arguments(x, h0, width: int, jacobian, max_iter, damping, init, backward) -> None:
+    """ValueError naming the first argument of `newton_solve` that is out of its range."""
+    if x.dim() != 3:
+        raise ValueError(f"newton_solve: x must be (B, L, Din), got shape {tuple(x.shape)}")
+    if tuple(h0.shape) != (x.shape[0], width):
+        raise ValueError(f"newton_solve: h0 must be (B, D) = {(x.shape[0], width)}, got shape {tuple(h0.shape)}")
+    if not (x.dtype.is_floating_point and h0.dtype == x.dtype):
+        raise ValueError(f"newton_solve: x and h0 must share one real floating dtype, got {x.dtype} and {h0.dtype}")
+    if jacobian not in JACOBIANS:
+        raise ValueError(f"newton_solve: jacobian={jacobian!r} is not one of {list(JACOBIANS)}")
+    if backward not in BACKWARDS:
+        raise ValueError(f"newton_solve: backward={backward!r} is not one of {list(BACKWARDS)}")
+    if not isinstance(init, torch.Tensor) and init not in INITS:
+        raise ValueError(f"newton_solve: init={init!r} is not one of {list(INITS)} or a (B, L, D) tensor")
+    if max_iter < 1:
+        raise ValueError(f"newton_solve: max_iter={max_iter} must be at least 1")
+    if damping < 0:
+        raise ValueError(f"newton_solve: damping={damping} must be >= 0")
+
+
+def _make_spec(cell, x, h0, jacobian, max_iter, tol, damping, init, rtol, backward) -> _Spec:
+    """The arguments of `newton_solve`, checked and resolved: the Jacobian of the iterations ("diag" for a
+    diagonal cell whatever `jacobian` says), that of the adjoint (backward="auto" decided) and the
+    tolerances (None: DEFAULT_TOLERANCES of x's dtype)."""
+    width = int(getattr(cell, "d_state", h0.shape[-1]))
+    _check_arguments(x, h0, width, jacobian, max_iter, damping, init, backward)
+    heads = _num_heads(cell, width)
+    diagonal = bool(getattr(cell, "diagonal", False))
+    kind = "diag" if diagonal else jacobian
+    if damping > 0 and kind == "full":
+        raise ValueError("newton_solve: damping (quasi-ELK) is implemented for a diagonal Jacobian; "
+                         "use jacobian='diag' or damping=0")
+    if diagonal or (backward == "auto" and kind == "full"):
+        backward = kind
+    elif backward == "auto":
+        backward = "full" if width // heads <= FULL_BACKWARD_MAX_STATE else "diag"
+    default_tol, default_rtol = DEFAULT_TOLERANCES.get(x.dtype, DEFAULT_TOLERANCES[torch.float32])
+    return _Spec(cell, kind, backward, int(max_iter), default_tol if tol is None else float(tol),
+                 default_rtol if rtol is None else float(rtol), float(damping), init)
+
+
 def newton_solve(
     cell: torch.nn.Module,
     x: torch.Tensor,
@@ -476,36 +518,7 @@ def newton_solve(
         (the full one when the head size <= FULL_BACKWARD_MAX_STATE), "full" or "diag" (approximate).
     Returns h and info (iterations, residual, converged, fallback, reason); see the module docstring.
     """
-    if x.dim() != 3:
-        raise ValueError(f"newton_solve: x must be (B, L, Din), got shape {tuple(x.shape)}")
-    width = int(getattr(cell, "state_size", h0.shape[-1]))
-    if tuple(h0.shape) != (x.shape[0], width):
-        raise ValueError(f"newton_solve: h0 must be (B, D) = {(x.shape[0], width)}, got shape {tuple(h0.shape)}")
-    if not (x.dtype.is_floating_point and h0.dtype == x.dtype):
-        raise ValueError(f"newton_solve: x and h0 must share one real floating dtype, got {x.dtype} and {h0.dtype}")
-    if jacobian not in JACOBIANS:
-        raise ValueError(f"newton_solve: jacobian={jacobian!r} is not one of {list(JACOBIANS)}")
-    if backward not in BACKWARDS:
-        raise ValueError(f"newton_solve: backward={backward!r} is not one of {list(BACKWARDS)}")
-    if not isinstance(init, torch.Tensor) and init not in INITS:
-        raise ValueError(f"newton_solve: init={init!r} is not one of {list(INITS)} or a (B, L, D) tensor")
-    if max_iter < 1:
-        raise ValueError(f"newton_solve: max_iter={max_iter} must be at least 1")
-    if damping < 0:
-        raise ValueError(f"newton_solve: damping={damping} must be >= 0")
-    heads = _n_heads(cell, width)
-    diagonal = bool(getattr(cell, "diagonal", False))
-    kind = "diag" if diagonal else jacobian
-    if damping > 0 and kind == "full":
-        raise ValueError("newton_solve: damping (quasi-ELK) is implemented for a diagonal Jacobian; "
-                         "use jacobian='diag' or damping=0")
-    if diagonal or (backward == "auto" and kind == "full"):
-        backward = kind
-    elif backward == "auto":
-        backward = "full" if width // heads <= FULL_BACKWARD_MAX_STATE else "diag"
-    default_tol, default_rtol = DEFAULT_TOLERANCES.get(x.dtype, DEFAULT_TOLERANCES[torch.float32])
-    spec = _Spec(cell, kind, backward, int(max_iter), default_tol if tol is None else float(tol),
-                 default_rtol if rtol is None else float(rtol), float(damping), init)
+    spec = _make_spec(cell, x, h0, jacobian, max_iter, tol, damping, init, rtol, backward)
     params = [p for p in cell.parameters() if p.requires_grad]
     if torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or params):
         h = _ImplicitSolve.apply(x, h0, spec, *params)

@@ -1,6 +1,7 @@
-"""Sequence models: `backbone.SequenceModel` (encoder -> blocks -> pool -> decoder) and one file per mixer.
+"""Sequence models: `backbone.SequenceModel` (encoder -> blocks -> pool -> decoder) and one mixer per module.
 
-The mixer contract (every file here except backbone.py and params.py implements one):
+The mixer contract (every module here except backbone.py and params.py implements one; a mixer with
+helpers of its own is a package, e.g. nrnn/ = mixer.py + cells.py):
 
     class SomeMixer(nn.Module):
         causal: bool                                   # True if y_t depends only on x_{<=t}
@@ -12,4 +13,21 @@ The mixer contract (every file here except backbone.py and params.py implements 
 
 Mixers know nothing about tasks. Parameters that need their own learning rate or no weight
 decay say so with `ssmbench.models.params.set_optim`.
+
+One vocabulary: the same idea has the same name in every config key, argument, attribute and
+docstring (conf/, models/, core/, README). New code follows this table:
+
+    idea                            name
+    number of heads                 num_heads
+    state size (per layer / cell)   d_state
+    a parameter's own learning rate ssm_lr in configs, absolute (a published "factor x base lr" is
+                                    written ssm_lr: ${mul:${optimizer.lr},factor});
+                                    set_optim(param, lr=..., weight_decay=...) in code
+    Jacobian of a Newton solve      jacobian: diag | full (core/newton.py); nrnn adds none
+                                    (no Newton: the sequential loop)
+    slow reference of a fast path   <name>_reference (linear_scan_reference, cauchy_reference,
+                                    newton_solve_reference, ...), beside it in core/
+
+Keys renamed to this vocabulary are still read, with a warning, from stored configs and the
+command line for one release (`ssmbench.deprecations`).
 """

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmbench.core.delta_rule import delta_rule_chunkwise, delta_rule_recurrent
+from ssmbench.core.delta_rule import delta_rule_chunkwise, delta_rule_reference
 
 
 class ShortConv(nn.Module):
@@ -148,5 +148,5 @@ class DeltaNetMixer(nn.Module):
                 y_t, new_state[f"conv_{name}"] = self.convs[name].step(t[:, 0], state[f"conv_{name}"])
                 feats[name] = y_t[:, None]
         q, k, v, beta = self._heads(x, feats)
-        o, new_state["S"] = delta_rule_recurrent(q, k, v, beta, initial_state=state["S"])
+        o, new_state["S"] = delta_rule_reference(q, k, v, beta, initial_state=state["S"])
         return self._output(o, x)[:, 0], new_state

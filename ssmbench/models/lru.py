@@ -11,7 +11,9 @@ solved in parallel over L by `ssmbench.core.scan.linear_scan`. Initialization (t
 init): |lambda|^2 uniform on [r_min^2, r_max^2], arg(lambda) uniform on [0, max_phase],
 gamma_log = log sqrt(1 - |lambda|^2) (so white-noise input keeps its variance through the
 recurrence), B with Re, Im ~ N(0, 1/(2H)), C with Re, Im ~ N(0, 1/N), D ~ N(0, 1). nu_log,
-theta_log, gamma_log and B train with lr_factor x the base learning rate and no weight decay.
+theta_log, gamma_log and B train with their own learning rate `ssm_lr` (absolute, as in S4; the
+paper's "factor x the base lr" is written in the configs as ssm_lr: ${mul:${optimizer.lr},factor})
+and no weight decay.
 
 The paper's block is norm -> LRU -> GELU -> dropout -> GLU -> dropout -> residual. The backbone
 supplies the norm, the last dropout and the residual (`ff: none`); `LRUMixer` is the rest:
@@ -48,7 +50,8 @@ class LRU(nn.Module):
     """The LRU layer (module docstring): (B, L, H) real -> (B, L, H) real, state (B, N) complex."""
 
     def __init__(self, d_model: int, d_state: int, r_min: float = 0.0, r_max: float = 1.0,
-                 max_phase: float = 2 * math.pi, lr_factor: float = 1.0):
+                 max_phase: float = 2 * math.pi, ssm_lr: float | None = None):
+        """ssm_lr: the learning rate of nu_log, theta_log, gamma_log and B (None: the base one)."""
         super().__init__()
         if not 0.0 <= r_min < r_max <= 1.0:
             raise ValueError(f"lru: need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
@@ -66,7 +69,7 @@ class LRU(nn.Module):
                               / math.sqrt(d_state))
         self.D = nn.Parameter(torch.randn(d_model))
         for p in (self.nu_log, self.theta_log, self.gamma_log, self.B):
-            set_optim(p, lr_scale=lr_factor, weight_decay=0.0)
+            set_optim(p, lr=ssm_lr, weight_decay=0.0)
 
     def _real_dtype(self, u: torch.Tensor) -> torch.dtype:
         """float64 for float64 input, else float32 (half-precision inputs are computed in float32)."""
@@ -128,9 +131,11 @@ class LRUMixer(nn.Module):
     causal = True
 
     def __init__(self, d_model: int, d_state: int = 256, r_min: float = 0.0, r_max: float = 1.0,
-                 max_phase: float = 2 * math.pi, lr_factor: float = 0.5, dropout: float = 0.0, glu: bool = True):
+                 max_phase: float = 2 * math.pi, ssm_lr: float | None = 5e-4, dropout: float = 0.0,
+                 glu: bool = True):
+        """ssm_lr: see `LRU`; the default is the paper's 0.5 x ssmbench's default base lr (1e-3)."""
         super().__init__()
-        self.lru = LRU(d_model, d_state, r_min, r_max, max_phase, lr_factor)
+        self.lru = LRU(d_model, d_state, r_min, r_max, max_phase, ssm_lr)
         self.glu = nn.Linear(d_model, 2 * d_model) if glu else None
         self.drop = nn.Dropout(dropout)
 

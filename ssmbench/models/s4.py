@@ -73,6 +73,31 @@ def _real_pairs(z: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(z.to(torch.complex64)).clone()
 
 
+def _check_options(d_state: int, mode: str, init: str, l_max: int | None, disc: str | None,
+                  dt_min: float, dt_max: float) -> str:
+    """ValueError naming the first of S4Mixer's options that is out of range or does not fit the others;
+    returns the discretization (`disc`, or the mode's own: bilinear for dplr, zoh for diag)."""
+    if mode not in MODES:
+        raise ValueError(f"s4: mode={mode!r} is not one of {list(MODES)}")
+    if init not in INITS:
+        raise ValueError(f"s4: init={init!r} is not one of {list(INITS)}")
+    if d_state < 2 or d_state % 2:
+        raise ValueError(f"s4: d_state={d_state} must be a positive even number (N/2 conjugate pairs)")
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"s4: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+    disc = disc or ("bilinear" if mode == "dplr" else "zoh")
+    if disc not in ("zoh", "bilinear"):
+        raise ValueError(f"s4: disc={disc!r} is not one of ['zoh', 'bilinear']")
+    if mode == "dplr":
+        if disc != "bilinear":
+            raise ValueError("s4: mode=dplr uses the bilinear discretization; disc=zoh is for mode=diag (S4D)")
+        if init not in MEASURES:
+            raise ValueError(f"s4: init={init} has no low-rank term; use mode=diag or init in {list(MEASURES)}")
+        if l_max is None or l_max < 1:
+            raise ValueError("s4: mode=dplr needs l_max (the longest input length, e.g. ${task.seq_len})")
+    return disc
+
+
 class S4Mixer(nn.Module):
     def __init__(
         self,
@@ -89,24 +114,7 @@ class S4Mixer(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"s4: mode={mode!r} is not one of {list(MODES)}")
-        if init not in INITS:
-            raise ValueError(f"s4: init={init!r} is not one of {list(INITS)}")
-        if d_state < 2 or d_state % 2:
-            raise ValueError(f"s4: d_state={d_state} must be a positive even number (N/2 conjugate pairs)")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"s4: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        disc = disc or ("bilinear" if mode == "dplr" else "zoh")
-        if disc not in ("zoh", "bilinear"):
-            raise ValueError(f"s4: disc={disc!r} is not one of ['zoh', 'bilinear']")
-        if mode == "dplr":
-            if disc != "bilinear":
-                raise ValueError("s4: mode=dplr uses the bilinear discretization; disc=zoh is for mode=diag (S4D)")
-            if init not in MEASURES:
-                raise ValueError(f"s4: init={init} has no low-rank term; use mode=diag or init in {list(MEASURES)}")
-            if l_max is None or l_max < 1:
-                raise ValueError("s4: mode=dplr needs l_max (the longest input length, e.g. ${task.seq_len})")
+        disc = _check_options(d_state, mode, init, l_max, disc, dt_min, dt_max)
         H, N2 = d_model, d_state // 2
         self.d_model, self.d_state, self.mode, self.disc = d_model, d_state, mode, disc
         self.l_max, self.bidirectional = l_max, bidirectional

@@ -1,13 +1,13 @@
-"""Nonlinear recurrent cells h_t = f(h_{t-1}, x_t) for the Newton solver (`ssmbench.core.newton`).
+"""Nonlinear recurrent cells h_t = f(h_{t-1}, x_t) of the nrnn mixer, for the Newton solver (`ssmbench.core.newton`).
 
 Every cell is an input drive followed by a recurrence,
 
-    f(h, x) = recurrence(h, drive(x)),    drive: nn.Linear(d_input, n_gates * state_size),
+    f(h, x) = recurrence(h, drive(x)),    drive: nn.Linear(d_input, n_gates * d_state),
 
 so that a caller solving for a whole sequence computes u = drive(x) once (it does not depend on
 h) and hands `cell.recurrence` to the solver; `cell` itself is a solver cell too (forward(h, x)).
 Both follow the cell protocol of `ssmbench.core.newton`: `forward(h_prev, x) -> h` on any leading
-dimensions, `state_size`, `n_heads`, `diagonal`, and the analytic `jacobian_diag` (the diagonal of
+dimensions, `d_state`, `num_heads`, `diagonal`, and the analytic `jacobian_diag` (the diagonal of
 df/dh_prev) with `value_and_jacobian_diag`, which shares the work of the two.
 
     elman     h = tanh(W h + U x + b)
@@ -18,13 +18,13 @@ df/dh_prev) with `value_and_jacobian_diag`, which shares the work of the two.
               Danieli et al. 2025): df/dh is diagonal, so quasi-DEER is exact Newton. Only n keeps
               a recurrent bias (b_hr, b_hz would merely add to the drive's biases).
 
-Heads (elman, gru): the state splits into n_heads independent cells of state_size / n_heads units,
+Heads (elman, gru): the state splits into num_heads independent cells of d_state / num_heads units,
 each with its own recurrent weights (W is block-diagonal) and each reading the whole input; the
 Jacobian is block-diagonal and the solver handles the blocks separately. diag_gru's units are
 independent already, so it has no heads.
 
 Initialization follows torch.nn.RNN / GRU: every weight and bias ~ U(-k, k), k = 1/sqrt(fan-in of
-the recurrence), i.e. 1/sqrt(state_size / n_heads) for the dense cells and 1 for diag_gru's
+the recurrence), i.e. 1/sqrt(d_state / num_heads) for the dense cells and 1 for diag_gru's
 diagonal weights (a one-unit fan-in); the drive uses the same k.
 """
 
@@ -41,10 +41,10 @@ def _uniform_(tensor: torch.Tensor, k: float) -> torch.Tensor:
         return tensor.uniform_(-k, k)
 
 
-def _check_heads(state_size: int, n_heads: int) -> int:
-    if state_size < 1 or n_heads < 1 or state_size % n_heads:
-        raise ValueError(f"state_size={state_size} must be a positive multiple of n_heads={n_heads}")
-    return state_size // n_heads
+def _check_heads(d_state: int, num_heads: int) -> int:
+    if d_state < 1 or num_heads < 1 or d_state % num_heads:
+        raise ValueError(f"d_state={d_state} must be a positive multiple of num_heads={num_heads}")
+    return d_state // num_heads
 
 
 def _block_matvec(W: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -53,10 +53,10 @@ def _block_matvec(W: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return torch.einsum("...hj,hkj->...hk", h.reshape(*h.shape[:-1], heads, head_size), W)
 
 
-def _split_gates(u: torch.Tensor, state_size: int) -> tuple[torch.Tensor, ...]:
+def _split_gates(u: torch.Tensor, d_state: int) -> tuple[torch.Tensor, ...]:
     """(..., 3D) -> three (..., D) views. By unbind, not indexing: the gradient of three selects would
     be three zero-filled (..., 3, D) tensors summed, that of unbind one stack."""
-    return u.reshape(*u.shape[:-1], 3, state_size).unbind(-2)
+    return u.reshape(*u.shape[:-1], 3, d_state).unbind(-2)
 
 
 def _gru_value_and_jacobian_diag(h, r, z, n, g_n, w_r, w_z, w_n) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,11 +75,11 @@ class ElmanRecurrence(nn.Module):
 
     diagonal = False
 
-    def __init__(self, state_size: int, n_heads: int = 1):
+    def __init__(self, d_state: int, num_heads: int = 1):
         super().__init__()
-        head_size = _check_heads(state_size, n_heads)
-        self.state_size, self.n_heads, self.n_gates = state_size, n_heads, 1
-        self.weight = nn.Parameter(_uniform_(torch.empty(n_heads, head_size, head_size), 1 / math.sqrt(head_size)))
+        head_size = _check_heads(d_state, num_heads)
+        self.d_state, self.num_heads, self.n_gates = d_state, num_heads, 1
+        self.weight = nn.Parameter(_uniform_(torch.empty(num_heads, head_size, head_size), 1 / math.sqrt(head_size)))
 
     def forward(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return torch.tanh(_block_matvec(self.weight, h).flatten(-2) + u)
@@ -102,23 +102,23 @@ class GRURecurrence(nn.Module):
 
     diagonal = False
 
-    def __init__(self, state_size: int, n_heads: int = 1):
+    def __init__(self, d_state: int, num_heads: int = 1):
         super().__init__()
-        head_size = _check_heads(state_size, n_heads)
-        self.state_size, self.n_heads, self.n_gates = state_size, n_heads, 3
+        head_size = _check_heads(d_state, num_heads)
+        self.d_state, self.num_heads, self.n_gates = d_state, num_heads, 3
         k = 1 / math.sqrt(head_size)
-        self.weight = nn.Parameter(_uniform_(torch.empty(n_heads, 3 * head_size, head_size), k))
-        self.bias = nn.Parameter(_uniform_(torch.empty(3, state_size), k))
+        self.weight = nn.Parameter(_uniform_(torch.empty(num_heads, 3 * head_size, head_size), k))
+        self.bias = nn.Parameter(_uniform_(torch.empty(3, d_state), k))
 
     def _recurrent_term(self, h: torch.Tensor) -> torch.Tensor:
         """W_h h + b_h: (..., D) -> (..., 3, D), gates (r, z, n)."""
         heads, rows, head_size = self.weight.shape
         g = _block_matvec(self.weight, h).reshape(*h.shape[:-1], heads, 3, head_size)
-        return g.transpose(-3, -2).reshape(*h.shape[:-1], 3, self.state_size) + self.bias
+        return g.transpose(-3, -2).reshape(*h.shape[:-1], 3, self.d_state) + self.bias
 
     def _gates(self, h: torch.Tensor, u: torch.Tensor):
         g_r, g_z, g_n = self._recurrent_term(h).unbind(-2)
-        u_r, u_z, u_n = _split_gates(u, self.state_size)
+        u_r, u_z, u_n = _split_gates(u, self.d_state)
         r = torch.sigmoid(u_r + g_r)
         z = torch.sigmoid(u_z + g_z)
         n = torch.tanh(torch.addcmul(u_n, r, g_n))
@@ -132,7 +132,7 @@ class GRURecurrence(nn.Module):
         """diag(W_hr), diag(W_hz), diag(W_hn): (3, D)."""
         heads, rows, head_size = self.weight.shape
         blocks = self.weight.reshape(heads, 3, head_size, head_size)
-        return torch.diagonal(blocks, dim1=-2, dim2=-1).transpose(0, 1).reshape(3, self.state_size)
+        return torch.diagonal(blocks, dim1=-2, dim2=-1).transpose(0, 1).reshape(3, self.d_state)
 
     def value_and_jacobian_diag(self, h: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f and diag(df/dh) = z + (h - n) z (1 - z) w_z + (1 - z)(1 - n^2)(g_n r (1 - r) w_r + r w_n)."""
@@ -154,17 +154,18 @@ class DiagGRURecurrence(nn.Module):
 
     diagonal = True
 
-    def __init__(self, state_size: int, n_heads: int = 1):
+    def __init__(self, d_state: int, num_heads: int = 1):
         super().__init__()
-        if n_heads != 1:
-            raise ValueError(f"diag_gru has no heads (its units are independent already); got n_heads={n_heads}, use 1")
-        _check_heads(state_size, 1)
-        self.state_size, self.n_heads, self.n_gates = state_size, 1, 3
-        self.weight = nn.Parameter(_uniform_(torch.empty(3, state_size), 1.0))
-        self.bias = nn.Parameter(_uniform_(torch.empty(state_size), 1.0))
+        if num_heads != 1:
+            raise ValueError(
+                f"diag_gru has no heads (its units are independent already); got num_heads={num_heads}, use 1")
+        _check_heads(d_state, 1)
+        self.d_state, self.num_heads, self.n_gates = d_state, 1, 3
+        self.weight = nn.Parameter(_uniform_(torch.empty(3, d_state), 1.0))
+        self.bias = nn.Parameter(_uniform_(torch.empty(d_state), 1.0))
 
     def _gates(self, h: torch.Tensor, u: torch.Tensor):
-        u_r, u_z, u_n = _split_gates(u, self.state_size)
+        u_r, u_z, u_n = _split_gates(u, self.d_state)
         a_r, a_z, a_n = self.weight
         g_n = torch.addcmul(self.bias, a_n, h)
         r = torch.sigmoid(torch.addcmul(u_r, a_r, h))
@@ -191,11 +192,11 @@ class RecurrentCell(nn.Module):
     def __init__(self, d_input: int, recurrence: nn.Module):
         super().__init__()
         self.recurrence = recurrence
-        self.drive = nn.Linear(d_input, recurrence.n_gates * recurrence.state_size)
-        k = 1 / math.sqrt(recurrence.state_size // recurrence.n_heads)
+        self.drive = nn.Linear(d_input, recurrence.n_gates * recurrence.d_state)
+        k = 1 / math.sqrt(recurrence.d_state // recurrence.num_heads)
         _uniform_(self.drive.weight, k)
         _uniform_(self.drive.bias, k)
-        self.state_size, self.n_heads, self.diagonal = recurrence.state_size, recurrence.n_heads, recurrence.diagonal
+        self.d_state, self.num_heads, self.diagonal = recurrence.d_state, recurrence.num_heads, recurrence.diagonal
 
     def forward(self, h_prev: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.recurrence(h_prev, self.drive(x))
@@ -210,29 +211,29 @@ class RecurrentCell(nn.Module):
 class ElmanCell(RecurrentCell):
     """h = tanh(W h + U x + b), dense (block-diagonal with heads) W."""
 
-    def __init__(self, d_input: int, state_size: int, n_heads: int = 1):
-        super().__init__(d_input, ElmanRecurrence(state_size, n_heads))
+    def __init__(self, d_input: int, d_state: int, num_heads: int = 1):
+        super().__init__(d_input, ElmanRecurrence(d_state, num_heads))
 
 
 class GRUCell(RecurrentCell):
     """The standard GRU (torch.nn.GRUCell's equations), dense (block-diagonal with heads) recurrent weights."""
 
-    def __init__(self, d_input: int, state_size: int, n_heads: int = 1):
-        super().__init__(d_input, GRURecurrence(state_size, n_heads))
+    def __init__(self, d_input: int, d_state: int, num_heads: int = 1):
+        super().__init__(d_input, GRURecurrence(d_state, num_heads))
 
 
 class DiagGRUCell(RecurrentCell):
     """The GRU with diagonal recurrent weights (ParaGRU): exact Newton with a diagonal Jacobian."""
 
-    def __init__(self, d_input: int, state_size: int, n_heads: int = 1):
-        super().__init__(d_input, DiagGRURecurrence(state_size, n_heads))
+    def __init__(self, d_input: int, d_state: int, num_heads: int = 1):
+        super().__init__(d_input, DiagGRURecurrence(d_state, num_heads))
 
 
 CELLS = {"elman": ElmanCell, "gru": GRUCell, "diag_gru": DiagGRUCell}
 
 
-def make_cell(kind: str, d_input: int, state_size: int, n_heads: int = 1) -> RecurrentCell:
+def make_cell(kind: str, d_input: int, d_state: int, num_heads: int = 1) -> RecurrentCell:
     """The cell named `kind` (one of CELLS) reading inputs of size d_input."""
     if kind not in CELLS:
         raise ValueError(f"cell={kind!r} is not one of {sorted(CELLS)}")
-    return CELLS[kind](d_input, state_size, n_heads)
+    return CELLS[kind](d_input, d_state, num_heads)
