@@ -77,7 +77,10 @@ class NonFiniteGuard(L.Callback):
     Switched by `trainer.stop_on_nonfinite` (default true)."""
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss).all():
+        bad = not torch.isfinite(loss).all()
+        if trainer.world_size > 1:  # every rank stops together (the others would wait in the all-reduce)
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
             raise NonFiniteError(f"non-finite loss ({loss.detach().float().sum().item()}) at step {trainer.global_step} "
                                  f"(epoch {trainer.current_epoch}){_advice(trainer)}")
 
@@ -125,7 +128,8 @@ def set_rng_states(states: dict) -> None:
     p = states["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        for device, state in enumerate(states["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, device)
 
 
 class RngState(L.Callback):

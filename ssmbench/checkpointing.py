@@ -4,7 +4,8 @@
 writes `last.ckpt` itself:
     - after every completed epoch (after its validation), whether or not the epoch was a new best;
     - every `every_n_train_steps` optimizer steps, for long epochs (0: only at epoch ends);
-    - at the batch boundary where a SIGINT/SIGTERM is honoured (ssmbench.interrupts).
+    - at the batch boundary where a SIGINT/SIGTERM is honoured (ssmbench.interrupts): the end of an
+      optimizer step within the epoch, or the epoch's end; the run stops at the next batch start.
 Each write goes to a temporary file that is then renamed over last.ckpt, so a kill during the write
 leaves the previous last.ckpt intact. Nothing is written under `trainer.fast_dev_run` (trainer=debug).
 """
@@ -31,6 +32,7 @@ class RunCheckpoint(ModelCheckpoint):
         self.keep_last = save_last
         self.last_every_n_train_steps = every_n_train_steps
         self._last_saved_step = -1
+        self._stopping = False  # a stop was decided (and saved) at the end of the previous batch or epoch
 
     @property
     def last_path(self) -> Path:
@@ -48,6 +50,8 @@ class RunCheckpoint(ModelCheckpoint):
             os.replace(tmp, path)
         trainer.strategy.barrier("last.ckpt")
         self._last_saved_step = trainer.global_step
+        for logger in trainer.loggers:  # what was logged up to the checkpoint survives a kill
+            logger.save()
 
     @staticmethod
     def _stop_requested(trainer: L.Trainer) -> bool:
@@ -56,15 +60,20 @@ class RunCheckpoint(ModelCheckpoint):
         return trainer.strategy.reduce_boolean_decision(stop, all=False) if trainer.world_size > 1 else stop
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Periodic and final saves; a requested stop is saved here when the batch ended an optimizer step
+        (gradients being accumulated are in no checkpoint) and is not the epoch's last (whose validation
+        and epoch-end checkpoint come next), then raised at the next batch start, after Lightning has
+        logged this step."""
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         n = self.last_every_n_train_steps
-        stop = self._stop_requested(trainer)
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        stop = stepped and not last_batch and self._stop_requested(trainer)
         periodic = n > 0 and trainer.global_step % n == 0
         final = 0 < trainer.max_steps <= trainer.global_step
         if (stop or periodic or final) and trainer.global_step != self._last_saved_step:
             self.write_last(trainer)
-        if stop:
-            GUARD.stop()
+        self._stopping = stop
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         """After the epoch's validation. An epoch cut short by max_steps is no completed epoch: its state was
@@ -72,7 +81,10 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches:
             self.write_last(trainer)
-        if self._stop_requested(trainer):
+        self._stopping = self._stop_requested(trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._stopping:
             GUARD.stop()
 
     def on_train_start(self, trainer, pl_module) -> None:

@@ -97,8 +97,9 @@ def _hydra_app(command: str, job: Callable, argv: list[str]) -> None:
                 raise  # the sweeper records the job as failed (Optuna goes on with the next trial)
             fail(str(e), 2 if isinstance(e, UserError) else 1)
         except RunInterrupted as e:
-            fail(f"{e}; {e.status} (results.json), checkpoint in {HydraConfig.get().runtime.output_dir}/checkpoints; "
-                 f"continue with: ssmbench train resume={HydraConfig.get().runtime.output_dir}", e.exit_code)
+            out = HydraConfig.get().runtime.output_dir
+            resume = f", checkpoint in {out}/checkpoints; continue with: ssmbench train resume={out}"
+            fail(f"{e}; {e.status} (results.json){resume if command == 'train' else ''}", e.exit_code)
 
     os.environ["SSMBENCH_COMMAND"] = command  # hydra.job.name (conf/hydra/default.yaml): log file, help title
     sys.argv = [program, *argv]
@@ -149,10 +150,13 @@ def _prepare_job_arguments(command: str, argv: list[str]) -> list[str]:
     argv = migrate_overrides(argv)
     run_dir = _given(argv, "hydra.run.dir")
     resume = _given(argv, "resume")
-    if resume is not None and command == "train":
+    child = os.environ.get("LOCAL_RANK", "0") != "0"  # a DDP rank Lightning started with the job's command
+    if resume is not None and command == "train" and child:
+        argv = [*argv, "hydra.output_subdir=null"]  # the run's .hydra/ stays as rank zero left it
+    elif resume is not None and command == "train":
         argv = resume_arguments(resume, [a for a in argv if _given([a], "resume") is None], list(config_groups()))
         run_dir = _given(argv, "hydra.run.dir")
-    elif command == "train" and run_dir and "$" not in run_dir and os.environ.get("LOCAL_RANK", "0") == "0":
+    elif run_dir and "$" not in run_dir and not child:
         if (Path(run_dir) / "results.json").exists() and int(os.environ.get("SLURM_RESTART_COUNT", "0")) == 0:
             raise UserError(f"hydra.run.dir={run_dir} already holds a run (results.json); continue it with "
                             f"`ssmbench train resume={run_dir}`, or give another directory")

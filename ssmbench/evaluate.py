@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssmbench.build import build_modules, build_trainer, count_parameters
 from ssmbench.errors import UserError
+from ssmbench.interrupts import interrupts_handled
 from ssmbench.lit import complete_metric_states
 from ssmbench.preflight import load_checkpoint
 from ssmbench.runinfo import RunRecord, git_commit, recorded
@@ -54,7 +55,7 @@ def evaluate(cfg: DictConfig, command: str) -> dict:
     record = RunRecord(out / "results.json", {"status": "running", "ckpt_path": str(cfg.get("ckpt_path")),
                                               "command": command, **git_commit()})
     record.claim(exclusive=False)
-    with recorded(record):
+    with interrupts_handled(), recorded(record):
         try:
             if not cfg.get("ckpt_path"):
                 raise UserError("eval needs a checkpoint: ssmbench eval ckpt_path=<run dir>/checkpoints/last.ckpt")

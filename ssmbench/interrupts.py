@@ -45,8 +45,11 @@ class InterruptGuard:
     def __init__(self):
         self.deferring = False
         self.pending: int | None = None
+        self.pid = os.getpid()  # the process that installed the handler
 
     def handle(self, signum: int, frame=None) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked DataLoader worker: the run's process stops it
         if self.deferring and self.pending is None:
             self.pending = signum
             sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping at the end of this batch with a checkpoint "
@@ -87,7 +90,7 @@ def interrupts_handled():
         yield GUARD
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}
-    GUARD.deferring, GUARD.pending = False, None
+    GUARD.deferring, GUARD.pending, GUARD.pid = False, None, os.getpid()
     for s in SIGNALS:
         signal.signal(s, GUARD.handle)
     try:

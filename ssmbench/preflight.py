@@ -11,6 +11,7 @@ value fails in one line naming its key (and what would be valid) instead of deep
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from pathlib import Path
@@ -99,8 +100,10 @@ def model_difference(stored: dict, current: dict, prefix: str = "model") -> str 
 
 def check_checkpoint_fits(path: str, cfg: DictConfig) -> dict:
     """`path` is a readable ssmbench checkpoint of the model `cfg` builds; returns it (memory-mapped)."""
+    from ssmbench.deprecations import migrate_config
+
     ckpt = load_checkpoint(path)
-    stored = ckpt["hyper_parameters"]["config"].get("model") or {}
+    stored = migrate_config(copy.deepcopy(ckpt["hyper_parameters"]["config"]), source=str(path)).get("model") or {}
     difference = model_difference(stored, OmegaConf.to_container(cfg.model, resolve=False))
     if difference:
         raise UserError(f"ckpt_path={path} was trained with another model ({difference}); "

@@ -48,10 +48,14 @@ def resume_arguments(run_dir: str, overrides: list[str], groups: list[str]) -> l
 
 def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """The stored config of the run being resumed, with the command line's key=value `overrides` applied
-    (their values as `cfg`, the freshly composed config, parsed them). When they change anything, the
-    run's .hydra/config.yaml and overrides.yaml are updated, so the directory keeps telling the truth.
-    Keys renamed since the run was composed are read under their new names (`migrate_config`)."""
+    (their values as `cfg`, the freshly composed config, parsed them). When they change anything and
+    pass the preflight checks, rank zero updates the run's .hydra/config.yaml and overrides.yaml, so the
+    directory keeps telling the truth. Keys renamed since the run was composed are read under their new
+    names (`migrate_config`)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
     from ssmbench.deprecations import migrate_config
+    from ssmbench.preflight import check_config
 
     run_dir = Path(cfg[RESUME_KEY])
     hydra_dir = run_dir / ".hydra"
@@ -60,7 +64,8 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     for override in changes:
         key = _key(override)
         OmegaConf.update(stored, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
-    if changes:
+    if changes and rank_zero_only.rank == 0:
+        check_config(stored)
         stored[RESUME_KEY] = None
         OmegaConf.save(stored, hydra_dir / "config.yaml")
         previous = OmegaConf.load(hydra_dir / "overrides.yaml") if (hydra_dir / "overrides.yaml").is_file() else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shlex
@@ -18,6 +19,8 @@ from typing import Iterator
 from ssmbench.config import PACKAGE_DIR
 from ssmbench.errors import RunFailed, UserError
 from ssmbench.interrupts import RunInterrupted
+
+log = logging.getLogger(__name__)
 
 
 def git_commit() -> dict:
@@ -110,7 +113,10 @@ class RunRecord:
 
     def _beat(self) -> None:
         while not self._stopped.wait(self.interval):
-            self.update()
+            try:
+                self.update()
+            except OSError as e:  # a full disk or a stale network mount: try again at the next beat
+                log.warning("could not renew the heartbeat in %s: %s", self.path, e)
 
     def close(self) -> None:
         """Stop the heartbeat (the last write stays as it is)."""

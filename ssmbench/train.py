@@ -67,13 +67,13 @@ def requeued() -> bool:
 
 
 def resume_from(cfg: DictConfig, out: Path) -> str | None:
-    """The checkpoint to continue from: `ckpt_path` if given; else, when the run continues in its own
-    directory (`resume=` or a SLURM requeue), its last.ckpt if it has one (a run that died before its
-    first checkpoint starts over)."""
-    if cfg.get("ckpt_path"):
-        return str(cfg.ckpt_path)
+    """The checkpoint to continue from: when the run continues in its own directory (`resume=` or a SLURM
+    requeue), its last.ckpt if it has one; else `ckpt_path` if given (a requeued run that started from
+    it and wrote no checkpoint yet starts from it again); else none."""
     last = out / "checkpoints" / "last.ckpt"
-    return str(last) if (cfg.get("resume") or requeued()) and last.is_file() else None
+    if (cfg.get("resume") or requeued()) and last.is_file():
+        return str(last)
+    return str(cfg.ckpt_path) if cfg.get("ckpt_path") else None
 
 
 def _metrics(trainer: L.Trainer) -> dict:
@@ -104,55 +104,57 @@ def train(cfg: DictConfig, command: str, replay: str) -> float | None:
     out = Path(cfg.paths.output_dir)
     continuing = bool(cfg.get("resume")) or requeued()
     ckpt_path = resume_from(cfg, out)
-    record = None
-    if rank_zero_only.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        record = new_record(out / "results.json", cfg, command, replay, ckpt_path, continuing)
     env_before = {key: os.environ.get(key) for key in DDP_ENV}
     phase = "building the task and the model"
-    with interrupts_handled(), recorded(record):
-        try:
-            check_config(cfg)
-            start_step = check_checkpoint_fits(ckpt_path, cfg)["global_step"] if ckpt_path else 0
-            if record and cfg.get("print_config"):
-                print_config_tree(cfg)
-            dm, net, lit = build_modules(cfg)
+    with interrupts_handled():
+        record = None
+        if rank_zero_only.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            record = new_record(out / "results.json", cfg, command, replay, ckpt_path, continuing)
+        with recorded(record):
+            try:
+                check_config(cfg)
+                start_step = check_checkpoint_fits(ckpt_path, cfg)["global_step"] if ckpt_path else 0
+                if record and cfg.get("print_config"):
+                    print_config_tree(cfg)
+                dm, net, lit = build_modules(cfg)
+                if record:
+                    record.update(**count_parameters(net))
+                callbacks, trainer = build_trainer(cfg, "train", wandb_run_id=record.results["wandb_run_id"] if record
+                                                   else None)
+                if continuing:
+                    for logger in trainer.loggers:
+                        if isinstance(logger, CSVLogger):
+                            logger.continue_from_step = start_step
+                phase = "training"
+                GUARD.deferring = True
+                trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path)
+                GUARD.deferring = False
+                GUARD.raise_pending()
+                throughput = callbacks["throughput"].summary() if "throughput" in callbacks else {}
+                fit_metrics = _metrics(trainer)
+                best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+                phase = "testing"
+                test_metrics = trainer.test(lit, datamodule=dm, ckpt_path=best or None, weights_only=True)[0]
+            except SIGTERMException:  # Lightning's own SIGTERM check between two batches (DDP)
+                raise RunInterrupted(signal.SIGTERM) from None
+            except Exception as e:
+                message = out_of_memory_message(e, cfg, phase)
+                if message:
+                    raise UserError(message) from e
+                raise
+            finally:
+                GUARD.deferring = False
+                finish_wandb()
+                end_distributed(env_before)
+            earlier = (record.results.get("metrics") or {}) if record else {}  # a finished run resumed: fit ran no step
+            metrics = {**earlier, **fit_metrics, **test_metrics}
             if record:
-                record.update(**count_parameters(net))
-            callbacks, trainer = build_trainer(cfg, "train", wandb_run_id=record.results["wandb_run_id"] if record
-                                               else None)
-            if continuing:
-                for logger in trainer.loggers:
-                    if isinstance(logger, CSVLogger):
-                        logger.continue_from_step = start_step
-            phase = "training"
-            GUARD.deferring = True
-            trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path)
-            GUARD.deferring = False
-            GUARD.raise_pending()
-            throughput = callbacks["throughput"].summary() if "throughput" in callbacks else {}
-            fit_metrics = _metrics(trainer)
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            phase = "testing"
-            test_metrics = trainer.test(lit, datamodule=dm, ckpt_path=best or None, weights_only=True)[0]
-        except SIGTERMException:  # Lightning's own SIGTERM check between two batches (DDP)
-            raise RunInterrupted(signal.SIGTERM) from None
-        except Exception as e:
-            message = out_of_memory_message(e, cfg, phase)
-            if message:
-                raise UserError(message) from e
-            raise
-        finally:
-            GUARD.deferring = False
-            finish_wandb()
-            end_distributed(env_before)
-        metrics = {**fit_metrics, **test_metrics}
-        if record:
-            record.update(status="completed", metrics=metrics, best_checkpoint=best or None,
-                          epochs=trainer.current_epoch, global_step=trainer.global_step,
-                          **({**throughput, "throughput_scope": THROUGHPUT_SCOPE} if throughput else {}))
-            log.info("results: %s", out / "results.json")
-        return metrics.get(cfg.optimized_metric)
+                record.update(status="completed", metrics=metrics, best_checkpoint=best or None,
+                              epochs=trainer.current_epoch, global_step=trainer.global_step,
+                              **({**throughput, "throughput_scope": THROUGHPUT_SCOPE} if throughput else {}))
+                log.info("results: %s", out / "results.json")
+            return metrics.get(cfg.optimized_metric)
 
 
 def new_record(path: Path, cfg: DictConfig, command: str, replay: str, ckpt_path: str | None,
@@ -170,6 +172,7 @@ def new_record(path: Path, cfg: DictConfig, command: str, replay: str, ckpt_path
         "resumed_from": ckpt_path,
         "resumes": previous.get("resumes", -1) + 1 if continuing else 0,
         "wandb_run_id": previous.get("wandb_run_id") or _new_wandb_id(cfg),
+        "metrics": previous.get("metrics"),
         **git_commit(),
     }, wall_time_before_s=float(previous.get("wall_time_s") or 0.0))
     try:

@@ -41,17 +41,17 @@ def test_the_data_module_resumes_at_the_first_unread_batch():
     dm.setup()
     epoch0 = [x for x, _ in dm.train_dataloader()]
     assert len(epoch0) == 4 and epoch0[-1].shape[0] == 4
-    dm.load_state_dict({"epoch": 0, "batches_done": 2})
+    dm.load_state_dict({"epoch": 0, "samples_done": 64})
     rest = [x for x, _ in dm.train_dataloader()]
     assert len(rest) == 2 and all(torch.equal(a, b) for a, b in zip(rest, epoch0[2:]))
-    dm.load_state_dict({"epoch": 0, "batches_done": 4})  # the epoch was done: the next one, from its start
+    dm.load_state_dict({"epoch": 0, "samples_done": 128})  # the epoch was done: the next one, from its start
     loader = dm.train_dataloader()
     assert loader.sampler.epoch == 1 and len(list(loader)) == 4
-
+    assert dm.train_dataloader().sampler.epoch == 0  # the position is used once
 
 def test_non_finite_loss_and_gradient_stop_training_naming_the_step_and_parameter():
     guard = NonFiniteGuard()
-    trainer = SimpleNamespace(global_step=7, current_epoch=2, precision_plugin=SimpleNamespace())
+    trainer = SimpleNamespace(global_step=7, current_epoch=2, world_size=1, precision_plugin=SimpleNamespace())
     guard.on_before_backward(trainer, None, torch.tensor(1.5))
     with pytest.raises(NonFiniteError, match=r"non-finite loss \(inf\) at step 7 \(epoch 2\)"):
         guard.on_before_backward(trainer, None, torch.tensor(float("inf")))
@@ -61,7 +61,7 @@ def test_non_finite_loss_and_gradient_stop_training_naming_the_step_and_paramete
     net[1].weight.grad[0, 1] = float("nan")
     with pytest.raises(NonFiniteError, match=r"non-finite gradient \(norm nan\) of 1.weight at step 7"):
         guard.on_before_optimizer_step(trainer, net, None)
-    scaled = SimpleNamespace(global_step=7, current_epoch=2, precision_plugin=SimpleNamespace(scaler=object()))
+    scaled = SimpleNamespace(global_step=7, current_epoch=2, world_size=1, precision_plugin=SimpleNamespace(scaler=object()))
     guard.on_before_optimizer_step(scaled, net, None)  # fp16 loss scaling skips such steps itself
 
 

@@ -119,7 +119,7 @@ class SequenceDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
-        self._resume_position: tuple[int, int] = (0, 0)   # (epoch, batches of it done)
+        self._resume_position: tuple[int, int] = (0, 0)   # (epoch, examples of it done)
 
     def load_splits(self) -> tuple[Dataset, Dataset, Dataset]:
         """The train, validation and test datasets (generated, or read from `data_dir`)."""
@@ -147,9 +147,7 @@ class SequenceDataModule(L.LightningDataModule):
         sampler = None
         if train:
             sampler = EpochSampler(len(ds), self.seed)
-            epoch, batches_done = self._resume_position
-            start = batches_done * self.batch_size
-            sampler.resume_at(*((epoch, start) if start < len(ds) else (epoch + 1, 0)))
+            sampler.resume_at(*self._resume_at(len(ds)))
         return DataLoader(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -160,16 +158,28 @@ class SequenceDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def _resume_at(self, n: int) -> tuple[int, int]:
+        """(epoch, position in its order) where the next training loader starts, once: the first example
+        the checkpointed run had not read. Under DDP a mid-epoch resume restarts its epoch (each rank
+        reads a shard of the order, which Lightning's sampler wrapper cannot start mid-way)."""
+        (epoch, done), self._resume_position = self._resume_position, (0, 0)
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if done >= n:
+            return epoch + 1, 0
+        return (epoch, 0) if world_size > 1 else (epoch, done)
+
     def state_dict(self) -> dict:
-        """How far training has read (saved in every checkpoint): the epoch, and the batches of it done."""
+        """How far training has read (saved in every checkpoint): the epoch, and the examples of it done
+        (over all ranks)."""
         if self.trainer is None:
             return {}
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": self.trainer.current_epoch, "batches_done": done}
+        batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self.trainer.current_epoch,
+                "samples_done": batches * self.batch_size * self.trainer.world_size}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Make the next training loader start at the first batch the checkpointed run had not read."""
-        self._resume_position = (int(state_dict.get("epoch", 0)), int(state_dict.get("batches_done", 0)))
+        """Make the next training loader start at the first example the checkpointed run had not read."""
+        self._resume_position = (int(state_dict.get("epoch", 0)), int(state_dict.get("samples_done", 0)))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
