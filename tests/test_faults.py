@@ -21,9 +21,10 @@ from tests.helpers import REPO_ROOT, cli_env, run_cli, train
 
 TINY = ["model=gru", "model.d_model=32", "model.n_layers=1", "task.n_train=512", "task.n_val=64", "task.n_test=64",
         "print_config=false"]
-# Long enough (3 x 64 steps, dropout on) for a signal to land mid-training on any machine.
+# Long enough (3 x 64 steps, dropout on) for a signal to land mid-training on any machine; every step
+# logged, so wherever the run stops, the step it stopped at has a row that must not be lost or doubled.
 LONG = ["model=gru", "model.d_model=32", "model.n_layers=1", "model.dropout=0.1", "task.n_train=4096",
-        "task.n_val=64", "task.n_test=64", "trainer.max_epochs=3", "print_config=false"]
+        "task.n_val=64", "task.n_test=64", "trainer.max_epochs=3", "trainer.log_every_n_steps=1", "print_config=false"]
 
 
 def results(run_dir: Path) -> dict:
