@@ -99,7 +99,8 @@ class NonFiniteGuard(L.Callback):
 
 
 def _advice(trainer) -> str:
-    last = getattr(trainer.checkpoint_callback, "last_model_path", "") if hasattr(trainer, "checkpoint_callback") else ""
+    """Where the run can be taken up again, and what to change."""
+    last = getattr(getattr(trainer, "checkpoint_callback", None), "last_model_path", "")
     return (f"; last good checkpoint: {last or 'none'}; lower optimizer.lr or set trainer.gradient_clip_val "
             "(trainer.stop_on_nonfinite=false trains on)")
 

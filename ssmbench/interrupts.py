@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -75,18 +76,19 @@ def take_over_sigterm() -> None:
     """Make GUARD the SIGTERM handler again (main thread only). Lightning registers its own at the start of
     fit, which raises at the next batch wherever it is, mid-validation too; in a single process GUARD's
     deferral saves more (DDP keeps Lightning's, which also stops the other ranks)."""
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
+    if _on_main_thread():
         signal.signal(signal.SIGTERM, GUARD.handle)
+
+
+def _on_main_thread() -> bool:
+    """Signal handlers can only be set from the main thread."""
+    return threading.current_thread() is threading.main_thread()
 
 
 @contextmanager
 def interrupts_handled():
     """Install GUARD for SIGINT and SIGTERM (main thread only) for the duration; restore the old handlers."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
+    if not _on_main_thread():
         yield GUARD
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}

@@ -106,61 +106,59 @@ def train(cfg: DictConfig, command: str, replay: str) -> float | None:
     ckpt_path = resume_from(cfg, out)
     env_before = {key: os.environ.get(key) for key in DDP_ENV}
     phase = "building the task and the model"
-    with interrupts_handled():
-        record = None
-        if rank_zero_only.rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            record = new_record(out / "results.json", cfg, command, replay, ckpt_path, continuing)
-        with recorded(record):
-            try:
-                check_config(cfg)
-                start_step = check_checkpoint_fits(ckpt_path, cfg)["global_step"] if ckpt_path else 0
-                if record and cfg.get("print_config"):
-                    print_config_tree(cfg)
-                dm, net, lit = build_modules(cfg)
-                if record:
-                    record.update(**count_parameters(net))
-                callbacks, trainer = build_trainer(cfg, "train", wandb_run_id=record.results["wandb_run_id"] if record
-                                                   else None)
-                if continuing:
-                    for logger in trainer.loggers:
-                        if isinstance(logger, CSVLogger):
-                            logger.continue_from_step = start_step
-                phase = "training"
-                GUARD.deferring = True
-                trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path)
-                GUARD.deferring = False
-                GUARD.raise_pending()
-                throughput = callbacks["throughput"].summary() if "throughput" in callbacks else {}
-                fit_metrics = _metrics(trainer)
-                best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-                phase = "testing"
-                test_metrics = trainer.test(lit, datamodule=dm, ckpt_path=best or None, weights_only=True)[0]
-            except SIGTERMException:  # Lightning's own SIGTERM check between two batches (DDP)
-                raise RunInterrupted(signal.SIGTERM) from None
-            except Exception as e:
-                message = out_of_memory_message(e, cfg, phase)
-                if message:
-                    raise UserError(message) from e
-                raise
-            finally:
-                GUARD.deferring = False
-                finish_wandb()
-                end_distributed(env_before)
-            earlier = (record.results.get("metrics") or {}) if record else {}  # a finished run resumed: fit ran no step
-            metrics = {**earlier, **fit_metrics, **test_metrics}
+    # the guard is installed before results.json is claimed (entered left to right)
+    with interrupts_handled(), recorded(new_record(out / "results.json", cfg, command, replay, ckpt_path, continuing)
+                                         if rank_zero_only.rank == 0 else None) as record:
+        try:
+            check_config(cfg)
+            start_step = check_checkpoint_fits(ckpt_path, cfg)["global_step"] if ckpt_path else 0
+            if record and cfg.get("print_config"):
+                print_config_tree(cfg)
+            dm, net, lit = build_modules(cfg)
             if record:
-                record.update(status="completed", metrics=metrics, best_checkpoint=best or None,
-                              epochs=trainer.current_epoch, global_step=trainer.global_step,
-                              **({**throughput, "throughput_scope": THROUGHPUT_SCOPE} if throughput else {}))
-                log.info("results: %s", out / "results.json")
-            return metrics.get(cfg.optimized_metric)
+                record.update(**count_parameters(net))
+            callbacks, trainer = build_trainer(cfg, "train", wandb_run_id=record.results["wandb_run_id"] if record
+                                               else None)
+            if continuing:
+                for logger in trainer.loggers:
+                    if isinstance(logger, CSVLogger):
+                        logger.continue_from_step = start_step
+            phase = "training"
+            GUARD.deferring = True
+            trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path)
+            GUARD.deferring = False
+            GUARD.raise_pending()
+            throughput = callbacks["throughput"].summary() if "throughput" in callbacks else {}
+            fit_metrics = _metrics(trainer)
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            phase = "testing"
+            test_metrics = trainer.test(lit, datamodule=dm, ckpt_path=best or None, weights_only=True)[0]
+        except SIGTERMException:  # Lightning's own SIGTERM check between two batches (DDP)
+            raise RunInterrupted(signal.SIGTERM) from None
+        except Exception as e:
+            message = out_of_memory_message(e, cfg, phase)
+            if message:
+                raise UserError(message) from e
+            raise
+        finally:
+            GUARD.deferring = False
+            finish_wandb()
+            end_distributed(env_before)
+        earlier = (record.results.get("metrics") or {}) if record else {}  # a finished run resumed: fit ran no step
+        metrics = {**earlier, **fit_metrics, **test_metrics}
+        if record:
+            record.update(status="completed", metrics=metrics, best_checkpoint=best or None,
+                          epochs=trainer.current_epoch, global_step=trainer.global_step,
+                          **({**throughput, "throughput_scope": THROUGHPUT_SCOPE} if throughput else {}))
+            log.info("results: %s", out / "results.json")
+        return metrics.get(cfg.optimized_metric)
 
 
 def new_record(path: Path, cfg: DictConfig, command: str, replay: str, ckpt_path: str | None,
                continuing: bool) -> RunRecord:
     """The claimed results.json of this run: a new one, or, when the run continues in its own directory,
-    the one it had (its resume count, wall time and wandb run carried on)."""
+    the one it had (its resume count, wall time, metrics and wandb run carried on)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     previous = read_results(path) if continuing else {}
     record = RunRecord(path, {
         "status": "running",
