@@ -33,6 +33,21 @@ def test_paired_model_encodes_each_document_like_an_unpaired_one():
     torch.testing.assert_close(m(x), expect)
 
 
+def test_mlp_decoder_is_linear_gelu_linear_on_the_paired_features():
+    """decoder=mlp: W2 gelu(W1 f + b1) + b2 with W1: 4D -> D for a paired task (the S4 release's AAN head)."""
+    torch.manual_seed(0)
+    m = model(paired=True, decoder="mlp")
+    first, last = m.decoder[0], m.decoder[2]
+    assert (first.in_features, first.out_features, last.out_features) == (64, 16, 3)
+    x = torch.randint(0, 11, (3, 2, 20))
+    a, b = m.pooled(m.features(x[:, 0]), None), m.pooled(m.features(x[:, 1]), None)
+    f = torch.cat([a, b, a - b, a * b], -1)
+    expect = torch.nn.functional.gelu(f @ first.weight.T + first.bias) @ last.weight.T + last.bias
+    torch.testing.assert_close(m(x), expect)
+    assert model(decoder="mlp")(torch.randint(0, 11, (4, 20))).shape == (4, 3)
+    assert model(decoder="mlp").decoder[0].in_features == 16
+
+
 def test_mean_pooling_ignores_padding_and_last_pooling_takes_last_valid():
     m = model(pool="mean")
     u = torch.randn(2, 5, 16)
@@ -81,6 +96,8 @@ def test_gru_mixer_step_equals_forward():
 def test_bad_options_name_the_key():
     with pytest.raises(ValueError, match="model.norm='group'"):
         model(norm="group")
+    with pytest.raises(ValueError, match="model.decoder='conv' is not one of"):
+        model(decoder="conv")
     with pytest.raises(ValueError, match="exactly one of d_input or vocab_size"):
         model(vocab_size=None)
 

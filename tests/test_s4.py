@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from ssmbench.core.hippo import dplr
@@ -99,6 +100,53 @@ def test_ssm_parameters_get_their_own_lr_and_no_weight_decay():
     assert groups[(0.01, 0.0)] == {"output.bias"}
 
 
+def test_dt_lr_gives_dt_its_own_learning_rate():
+    m = layer(ssm_lr=1e-3, dt_lr=0.01)
+    groups = {(g["lr"], g["weight_decay"]): set(g["names"]) for g in param_groups(m, lr=0.01, weight_decay=0.1)}
+    assert groups[(1e-3, 0.0)] == {"log_neg_real", "imag", "B_ri", "P_ri"}
+    assert groups[(0.01, 0.0)] == {"log_dt", "output.bias"}      # the base lr, still without weight decay
+
+
+@pytest.mark.parametrize("mode", ["dplr", "diag"])
+def test_n_ssm_shares_the_systems_between_channel_groups(mode):
+    """Channel h uses system h mod n_ssm (the release's tiling); dt and C stay per channel."""
+    m = layer(d_model=6, mode=mode, init="legs", n_ssm=2).double()
+    assert m.log_neg_real.shape == (2, 4) and m.B_ri.shape == (2, 4, 2) and m.log_dt.shape == (6,)
+    Lambda, B = m.eigenvalues(), m.B
+    for h in range(6):
+        torch.testing.assert_close(Lambda[h], Lambda[h % 2], rtol=0, atol=0)
+        torch.testing.assert_close(B[h], B[h % 2], rtol=0, atol=0)
+    if mode == "dplr":
+        assert m.P_ri.shape == (2, 1, 4, 2) and m.P.shape == (6, 1, 4)
+    with torch.no_grad():                          # training moves a shared system for all of its channels
+        m.imag[1].add_(0.5)
+    assert torch.equal(m.eigenvalues()[5], m.eigenvalues()[1]) and not torch.equal(m.eigenvalues()[5], Lambda[5])
+    x = torch.randn(2, 23, 6, dtype=torch.float64)
+    y_conv, y_rec = convolution_and_recurrence(m, x)
+    torch.testing.assert_close(y_rec, y_conv, rtol=0, atol=1e-8)
+
+
+def test_n_ssm_equal_to_d_model_is_the_default_layer():
+    a, b = layer(seed=3), layer(seed=3, n_ssm=6)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+
+
+def test_softplus_dt_transform_starts_from_the_same_steps():
+    """Same seed: the same log-uniform dt, stored as log dt (exp) or softplus^-1(dt) (softplus)."""
+    e, s = layer(seed=5).double(), layer(seed=5, dt_transform="softplus").double()
+    assert not hasattr(s, "log_dt") and s.softplus_inv_dt.shape == (6,)
+    torch.testing.assert_close(s.dt(), e.dt(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(F.softplus(s.softplus_inv_dt), e.log_dt.exp(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(s.ssm_kernel(40), e.ssm_kernel(40), rtol=1e-4, atol=1e-7)  # float32-stored dt
+    x = torch.randn(2, 19, 6, dtype=torch.float64)
+    y_conv, y_rec = convolution_and_recurrence(s, x)
+    torch.testing.assert_close(y_rec, y_conv, rtol=0, atol=1e-8)
+    s.softplus_inv_dt.detach().fill_(-40.0)       # softplus keeps dt > 0 for any parameter value
+    assert (s.dt() > 0).all()
+
+
 def test_diagonal_inits_equal_the_s4d_closed_forms():
     """S4D-Lin: Lambda_n = -1/2 + i pi n; S4D-Inv: Lambda_n = -1/2 + i N/pi (N/(2n+1) - 1); both B_n = 1
     (n < N/2); S4D-LegS: the diagonal part of DPLR-LegS with B = V^* B. Every channel starts there."""
@@ -137,6 +185,9 @@ def test_input_longer_than_l_max_is_an_error():
         (dict(l_max=None), "needs l_max"),
         (dict(disc="zoh"), "bilinear discretization"),
         (dict(mode="diag", disc="euler"), "disc='euler'"),
+        (dict(dt_transform="relu"), "dt_transform='relu'"),
+        (dict(n_ssm=4), "n_ssm=4 must divide d_model=6"),
+        (dict(n_ssm=0), "n_ssm=0 must divide"),
     ],
 )
 def test_bad_options(options, message):

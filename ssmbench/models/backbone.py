@@ -7,10 +7,11 @@
     -> final norm (prenorm only)
     -> pool: target "sequence": mean or last valid position        (B, D)
              target "token": no pooling                            (B, L, D)
-    -> decoder Linear                                             (B, C) or (B, L, C)
+    -> decoder: linear  W f                                       (B, C) or (B, L, C)
+                mlp     W2 gelu(W1 f), W1: F -> D                 (the S4 release's Retrieval head)
 
 Paired tasks (x: (B, 2, L[, d_input])) encode both documents with the same blocks and classify
-[a, b, a - b, a * b] of the pooled features (Tay et al. 2021).
+f = [a, b, a - b, a * b] of the pooled features (Tay et al. 2021), so F = 4D (else F = D).
 The mixer is a factory (a Hydra partial) called as `mixer(d_model=D)` once per layer (twice when
 bidirectional: the second reads the time-reversed sequence and the two outputs are summed).
 """
@@ -28,6 +29,7 @@ NORMS = ("layer", "batch", "rms")
 FEEDFORWARDS = ("none", "mlp", "glu", "swiglu")
 POOLS = ("mean", "last")
 POSITIONALS = ("none", "sinusoidal", "learned")
+DECODERS = ("linear", "mlp")
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> str:
@@ -147,6 +149,7 @@ class SequenceModel(nn.Module):
         pool: str = "mean",
         bidirectional: bool = False,
         positional: str = "none",
+        decoder: str = "linear",
     ):
         super().__init__()
         if (d_input is None) == (vocab_size is None):
@@ -173,7 +176,11 @@ class SequenceModel(nn.Module):
             for _ in range(n_layers)
         )
         self.final_norm = SequenceNorm(norm, d_model) if prenorm else nn.Identity()
-        self.decoder = nn.Linear(4 * d_model if paired else d_model, n_classes)
+        features = 4 * d_model if paired else d_model
+        if _choice("decoder", decoder, DECODERS) == "linear":
+            self.decoder = nn.Linear(features, n_classes)
+        else:
+            self.decoder = nn.Sequential(nn.Linear(features, d_model), nn.GELU(), nn.Linear(d_model, n_classes))
 
     @property
     def causal(self) -> bool:

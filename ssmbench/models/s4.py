@@ -13,7 +13,13 @@ Initializations (`init`): legs, legt, fout (HiPPO through `core.hippo.dplr`; for
 low-rank term is dropped: S4D-LegS, ...), lin (Lambda_n = -1/2 + i pi n) and inv
 (Lambda_n = -1/2 + i N/pi (N/(2n+1) - 1)), the last two with B = 1 and for mode "diag" only.
 Re(Lambda) = -exp(log_neg_real) < 0 keeps every system stable (legt and fout, whose normal parts
-have Re(Lambda) = 0, start at -1e-4). dt = exp(log_dt), log-uniform in [dt_min, dt_max] per channel.
+have Re(Lambda) = 0, start at -1e-4). dt is per channel, log-uniform in [dt_min, dt_max] at init, and
+trained through `dt_transform`: exp (dt = exp(log_dt), the S4 paper and the release's v3 configs) or
+softplus (dt = softplus(softplus_inv_dt), the release's later default).
+
+Sharing (`n_ssm`, the S4 release's name): the H channels use n_ssm distinct systems (Lambda, P, B),
+channel h the system h mod n_ssm (n_ssm must divide H; None: n_ssm = H, one system per channel).
+dt, C and D stay per channel, so the channels of a group still have different kernels.
 Mode "dplr" computes the kernel at its length l_max (C~ depends on it): shorter inputs use its first
 L entries, longer inputs are an error.
 
@@ -22,9 +28,10 @@ viewed as complex tensors for every computation: `Module.to(dtype)` (and Lightni
 "bf16-true" precision) would otherwise cast a complex parameter to a real one and silently drop its
 imaginary part. The SSM is computed in float64 when the parameters are float64, else in float32.
 
-Optimization (`ssmbench.models.params.set_optim`): Lambda (log_neg_real, imag), B, P and log_dt get
-their own learning rate `ssm_lr` and no weight decay; C, D and the output projection use the
-optimizer's base learning rate and weight decay.
+Optimization (`ssmbench.models.params.set_optim`): Lambda (log_neg_real, imag), B and P get their own
+learning rate `ssm_lr`, the dt parameter `dt_lr` (None: ssm_lr; the release's LRA configs train dt
+with the base lr: dt_lr = optimizer.lr), all of them without weight decay; C, D and the output
+projection use the optimizer's base learning rate and weight decay.
 
 bidirectional=True: two kernels per channel (C has two rows), combined by
 `core.fftconv.bidirectional_conv` (y_t = sum_{s<=t} K0_{t-s} u_s + sum_{s>t} K1_{s-t-1} u_s);
@@ -53,7 +60,17 @@ from ssmbench.models.params import set_optim
 
 MODES = ("dplr", "diag")
 INITS = (*MEASURES, "lin", "inv")
+DT_PARAMETERS = {"exp": "log_dt", "softplus": "softplus_inv_dt"}  # dt_transform -> the parameter that holds dt
 MIN_NEG_REAL = 1e-4
+
+
+def dt_parameter(log_dt: torch.Tensor, transform: str) -> torch.Tensor:
+    """The parameter value that `transform` maps to dt = exp(log_dt): log_dt itself (exp) or the inverse
+    softplus log(exp(dt) - 1) = dt + log(1 - exp(-dt)) (softplus)."""
+    if transform == "exp":
+        return log_dt
+    dt = torch.exp(log_dt)
+    return dt + torch.log(-torch.expm1(-dt))
 
 
 def diagonal_init(init: str, N: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,10 +90,14 @@ def _real_pairs(z: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(z.to(torch.complex64)).clone()
 
 
-def _check_options(d_state: int, mode: str, init: str, l_max: int | None, disc: str | None,
-                  dt_min: float, dt_max: float) -> str:
+def _check_options(d_model: int, d_state: int, mode: str, init: str, l_max: int | None, disc: str | None,
+                   dt_min: float, dt_max: float, dt_transform: str, n_ssm: int | None) -> str:
     """ValueError naming the first of S4Mixer's options that is out of range or does not fit the others;
     returns the discretization (`disc`, or the mode's own: bilinear for dplr, zoh for diag)."""
+    if dt_transform not in DT_PARAMETERS:
+        raise ValueError(f"s4: dt_transform={dt_transform!r} is not one of {list(DT_PARAMETERS)}")
+    if n_ssm is not None and not (1 <= n_ssm <= d_model and d_model % n_ssm == 0):
+        raise ValueError(f"s4: n_ssm={n_ssm} must divide d_model={d_model} (1 ... d_model systems shared by the channels)")
     if mode not in MODES:
         raise ValueError(f"s4: mode={mode!r} is not one of {list(MODES)}")
     if init not in INITS:
@@ -109,29 +130,34 @@ class S4Mixer(nn.Module):
         disc: str | None = None,
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
+        dt_transform: str = "exp",
+        n_ssm: int | None = None,
         ssm_lr: float = 1e-3,
+        dt_lr: float | None = None,
         bidirectional: bool = False,
         dropout: float = 0.0,
     ):
         super().__init__()
-        disc = _check_options(d_state, mode, init, l_max, disc, dt_min, dt_max)
+        disc = _check_options(d_model, d_state, mode, init, l_max, disc, dt_min, dt_max, dt_transform, n_ssm)
         H, N2 = d_model, d_state // 2
+        S = H if n_ssm is None else n_ssm
         self.d_model, self.d_state, self.mode, self.disc = d_model, d_state, mode, disc
-        self.l_max, self.bidirectional = l_max, bidirectional
+        self.l_max, self.bidirectional, self.n_ssm, self.dt_transform = l_max, bidirectional, S, dt_transform
         self.causal = not bidirectional
         channels = 2 if bidirectional else 1
 
         if mode == "dplr":
             Lambda, P, B, _ = dplr(init, d_state)
-            self.P_ri = self._ssm(_real_pairs(P.expand(H, -1, -1)), ssm_lr)
+            self.P_ri = self._ssm(_real_pairs(P.expand(S, -1, -1)), ssm_lr)
         else:
             Lambda, B = diagonal_init(init, d_state)
         neg_real = (-Lambda.real).clamp(min=MIN_NEG_REAL)
-        self.log_neg_real = self._ssm(torch.log(neg_real).float().expand(H, N2).clone(), ssm_lr)
-        self.imag = self._ssm(Lambda.imag.float().expand(H, N2).clone(), ssm_lr)
-        self.B_ri = self._ssm(_real_pairs(B.expand(H, N2)), ssm_lr)
+        self.log_neg_real = self._ssm(torch.log(neg_real).float().expand(S, N2).clone(), ssm_lr)
+        self.imag = self._ssm(Lambda.imag.float().expand(S, N2).clone(), ssm_lr)
+        self.B_ri = self._ssm(_real_pairs(B.expand(S, N2)), ssm_lr)
         log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        self.log_dt = self._ssm(log_dt, ssm_lr)
+        dt = self._ssm(dt_parameter(log_dt, dt_transform), ssm_lr if dt_lr is None else dt_lr)
+        self.register_parameter(DT_PARAMETERS[dt_transform], dt)
         self.C_ri = nn.Parameter(_real_pairs(torch.randn(channels, H, N2, dtype=torch.complex64)))
         self.D = nn.Parameter(torch.randn(H))
         self.dropout = nn.Dropout(dropout)
@@ -139,24 +165,28 @@ class S4Mixer(nn.Module):
         self._cache: dict[str, tuple] = {}
 
     @staticmethod
-    def _ssm(value: torch.Tensor, ssm_lr: float) -> nn.Parameter:
-        return set_optim(nn.Parameter(value), lr=ssm_lr, weight_decay=0.0)
+    def _ssm(value: torch.Tensor, lr: float) -> nn.Parameter:
+        return set_optim(nn.Parameter(value), lr=lr, weight_decay=0.0)
 
     def _real_dtype(self) -> torch.dtype:
-        return torch.float64 if self.log_dt.dtype == torch.float64 else torch.float32
+        return torch.float64 if self.D.dtype == torch.float64 else torch.float32
 
     def _complex(self, pairs: torch.Tensor) -> torch.Tensor:
         return torch.view_as_complex(pairs.to(self._real_dtype()))
 
+    def _per_channel(self, t: torch.Tensor) -> torch.Tensor:
+        """(n_ssm, ...) -> (H, ...): channel h takes system h mod n_ssm."""
+        return t if self.n_ssm == self.d_model else t.repeat(self.d_model // self.n_ssm, *(1,) * (t.dim() - 1))
+
     @property
     def B(self) -> torch.Tensor:
         """(H, N/2) complex."""
-        return self._complex(self.B_ri)
+        return self._per_channel(self._complex(self.B_ri))
 
     @property
     def P(self) -> torch.Tensor:
         """(H, r, N/2) complex (mode dplr)."""
-        return self._complex(self.P_ri)
+        return self._per_channel(self._complex(self.P_ri))
 
     @property
     def C(self) -> torch.Tensor:
@@ -166,11 +196,16 @@ class S4Mixer(nn.Module):
     def eigenvalues(self) -> torch.Tensor:
         """Lambda = -exp(log_neg_real) + i imag: (H, N/2) complex, Re < 0."""
         dtype = self._real_dtype()
-        return torch.complex(-torch.exp(self.log_neg_real.to(dtype)), self.imag.to(dtype))
+        return self._per_channel(torch.complex(-torch.exp(self.log_neg_real.to(dtype)), self.imag.to(dtype)))
+
+    def dt(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The step sizes (H,) > 0: exp(log_dt) or softplus(softplus_inv_dt), in `dtype` (default: the SSM's)."""
+        raw = getattr(self, DT_PARAMETERS[self.dt_transform]).to(dtype or self._real_dtype())
+        return torch.exp(raw) if self.dt_transform == "exp" else F.softplus(raw)
 
     def ssm_kernel(self, L: int) -> torch.Tensor:
         """The real convolution kernels (channels, H, L), channels = 2 when bidirectional else 1."""
-        Lambda, dt = self.eigenvalues(), torch.exp(self.log_dt.to(self._real_dtype()))
+        Lambda, dt = self.eigenvalues(), self.dt()
         if self.mode == "diag":
             return 2 * kernel_diag(Lambda, self.B, self.C, dt, L, method=self.disc).real
         if L > self.l_max:
@@ -199,7 +234,7 @@ class S4Mixer(nn.Module):
         cdtype = self.B.dtype
         Lambda = self.eigenvalues().to(torch.complex128)
         B, C = self.B.to(torch.complex128), self.C[0].to(torch.complex128)
-        dt = torch.exp(self.log_dt.double())
+        dt = self.dt(torch.float64)
         if self.mode == "diag":
             Ab, Bb = (zoh_diag if self.disc == "zoh" else bilinear_diag)(Lambda, B, dt)
             return {"Ab": Ab.to(cdtype), "Bb": Bb.to(cdtype), "C": 2 * C.to(cdtype)}
