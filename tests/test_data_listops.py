@@ -184,6 +184,24 @@ def test_expressions_longer_than_seq_len_are_an_error_not_truncated(tmp_path):
         listops_task(tmp_path, seq_len=longest - 1)
 
 
+def test_append_eos_ends_each_expression_with_token_16_and_must_fit(tmp_path):
+    written = write_listops_fixture(tmp_path)
+    dm = listops_task(tmp_path, append_eos=True, vocab_size=17)
+    for i, expr in enumerate(written["basic_val.tsv"]):
+        x, _, n = dm.val_set[i]
+        tokens = [t for t in listops_text(expr).split() if t not in "()"]
+        assert int(n) == len(tokens) + 1 and [VOCAB[t] for t in x[: n - 1].tolist()] == tokens
+        assert int(x[n - 1]) == 16 and (x[n:] == 0).all()
+    lengths = [len([t for t in listops_text(e).split() if t not in "()"]) for e in written["basic_train.tsv"]]
+    longest = max(lengths)
+    x, _, n = listops_task(tmp_path, append_eos=True, vocab_size=17, seq_len=longest + 1).train_set[lengths.index(longest)]
+    assert int(n) == longest + 1 == x.shape[0] and int(x[-1]) == 16     # the EOS fills the last position
+    with pytest.raises(TaskDataError, match=f"an expression of {longest + 1} tokens with its EOS, more than task.seq_len"):
+        listops_task(tmp_path, append_eos=True, vocab_size=17, seq_len=longest)
+    with pytest.raises(ValueError, match="ListOps with EOS has vocab_size=17"):
+        listops_task(tmp_path, append_eos=True)
+
+
 def test_missing_files_name_the_release_and_the_generator(tmp_path):
     with pytest.raises(TaskDataError) as e:
         listops_task(tmp_path)

@@ -1,5 +1,7 @@
 """Byte-level LRA Text (IMDB parquet) and Retrieval (AAN pairs TSV) on fixtures in their real formats."""
 
+from collections import Counter
+
 import pytest
 import torch
 
@@ -57,8 +59,60 @@ def test_text_val_fraction_zero_validates_on_test_and_seq_len_keys_the_cache(tmp
     short = text_task(tmp_path, seq_len=100)
     assert short.test_set[0][0].shape == (100,) and int(short.test_set[0][2]) <= 100
     assert len(cache_files(tmp_path, "imdb")) == 2
-    with pytest.raises(ValueError, match="vocab_size=257 and n_classes=2"):
+    with pytest.raises(ValueError, match="byte tokens need vocab_size=257, the config says 256"):
         text_task(tmp_path, vocab_size=256)
+    with pytest.raises(ValueError, match="byte tokens and EOS need vocab_size=258"):
+        text_task(tmp_path, append_eos=True)
+
+
+def test_text_append_eos_ends_each_review_with_token_257(tmp_path):
+    written = write_imdb(tmp_path)
+    dm = text_task(tmp_path, val_fraction=0, append_eos=True, vocab_size=258, seq_len=500)
+    texts, _ = written["test"]
+    for i, text in enumerate(texts):
+        x, _, n = dm.test_set[i]
+        data = text.encode("utf-8")[:499]                     # cut to seq_len - 1: the EOS always fits
+        assert x[: len(data)].tolist() == [b + 1 for b in data] and int(x[len(data)]) == 257
+        assert int(n) == len(data) + 1 and x[len(data) + 1:].eq(0).all()
+    assert any(int(dm.test_set[i][2]) == 500 for i in range(len(texts)))
+
+
+def character_vocabulary(train_texts, cut, min_freq):
+    """The release's vocabulary, written out: characters of the cut train reviews by count, ties by code point."""
+    counts = Counter(ch for text in train_texts for ch in text[:cut])
+    return sorted((ch for ch, c in counts.items() if c >= min_freq), key=lambda ch: (-counts[ch], ord(ch)))
+
+
+@pytest.mark.parametrize("append_eos", [False, True])
+def test_text_chars_tokenizer_builds_the_vocabulary_from_train(tmp_path, append_eos):
+    written = write_imdb(tmp_path)
+    seq_len = 300
+    cut = seq_len - append_eos
+    min_freq = sum(text[:cut].count("é") for text in written["train"][0]) + 1   # "é" falls below it
+    chars = character_vocabulary(written["train"][0], cut, min_freq)
+    first = 3 if append_eos else 2                      # <pad> 0, <unk> 1 [, <eos> 2]
+    rare = {ch for text in written["train"][0] for ch in text[:cut]} - set(chars)
+    assert "é" in rare and "t" in chars
+    dm = text_task(tmp_path, val_fraction=0, tokenizer="chars", min_freq=min_freq, append_eos=append_eos,
+                   vocab_size=first + len(chars), seq_len=seq_len)
+    ids = {ch: first + i for i, ch in enumerate(chars)}
+    for i, text in enumerate(written["test"][0]):
+        x, _, n = dm.test_set[i]
+        expect = [ids.get(ch, 1) for ch in text[:cut]] + ([2] if append_eos else [])
+        assert int(n) == len(expect) and x[: len(expect)].tolist() == expect and x[len(expect):].eq(0).all()
+    with pytest.raises(ValueError, match=f"has {first + len(chars)} tokens; set task.vocab_size={first + len(chars)}"):
+        text_task(tmp_path, tokenizer="chars", min_freq=min_freq, append_eos=append_eos,
+                  vocab_size=first + len(chars) - 1, seq_len=seq_len)
+
+
+def test_text_chars_with_a_larger_vocab_size_warns_and_bad_options_fail(tmp_path, caplog):
+    write_imdb(tmp_path)
+    dm = text_task(tmp_path, tokenizer="chars", vocab_size=1000, seq_len=200)
+    assert "leaves" in caplog.text and "unused" in caplog.text and int(dm.train_set[0][0].max()) < 1000
+    with pytest.raises(ValueError, match="tokenizer='words' is not one of"):
+        text_task(tmp_path, tokenizer="words")
+    with pytest.raises(ValueError, match="min_freq=0 must be at least 1"):
+        text_task(tmp_path, tokenizer="chars", min_freq=0)
 
 
 def test_text_split_without_reviews_is_an_error_naming_the_directory(tmp_path):
@@ -92,6 +146,20 @@ def test_retrieval_seq_len_keys_the_cache(tmp_path):
     assert int(short.train_set[0][2][0]) == 100
     full = retrieval_task(tmp_path)  # a cache of documents cut at 100 bytes must not be served for 4000
     assert int(full.train_set[0][2][0]) == 4000 and len(cache_files(tmp_path, "aan")) == 2
+
+
+def test_retrieval_append_eos_ends_both_documents_with_token_257(tmp_path):
+    written = write_aan(tmp_path)
+    dm = retrieval_task(tmp_path, append_eos=True, vocab_size=258)
+    for i, (label, text1, text2) in enumerate(written["new_aan_pairs.test.tsv"]):
+        x, y, n = dm.test_set[i]
+        for k, text in enumerate((text1, text2)):
+            data = text.encode("utf-8")[:3999]
+            assert x[k, : len(data)].tolist() == [b + 1 for b in data] and int(x[k, len(data)]) == 257
+            assert int(n[k]) == len(data) + 1
+    assert int(dm.train_set[0][2][0]) == 4000 and int(dm.train_set[0][0][0, 3999]) == 257  # cut to 3999 + EOS
+    with pytest.raises(ValueError, match="retrieval with EOS has vocab_size=258"):
+        retrieval_task(tmp_path, append_eos=True)
 
 
 def test_retrieval_malformed_and_missing_files(tmp_path):

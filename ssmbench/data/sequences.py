@@ -5,7 +5,7 @@ normalize, permute and pad per example, so e.g. a new permutation or normalizati
 a new cache.
 
     PixelSequences  pixels (N, L, C) uint8 -> x: (L, C) float32 = (pixels[index[i]][perm] / 255 - mean) / std, y
-    TokenSequences  K documents per example, each a slice of a flat token stream
+    TokenSequences  K documents per example, each a slice of a flat token stream [+ an EOS token]
                     -> x: (L,) int64 (K = 1) or (K, L) (K > 1), zero-padded; y; lengths () or (K,)
 """
 
@@ -50,19 +50,22 @@ class PixelSequences(Dataset):
 
 class TokenSequences(Dataset):
     def __init__(self, documents: Sequence[tuple[torch.Tensor, torch.Tensor]], labels: torch.Tensor, seq_len: int,
-                 shift: int = 0):
+                 shift: int = 0, eos: int | None = None):
         """documents: K pairs (tokens (T,) integer, offsets (N + 1,) int64): document k of example i is
-        tokens[offsets[i]:offsets[i + 1]], at most seq_len long; the token ids of x are tokens + shift
-        (e.g. shift 1 for bytes, so that 0 is free for padding); labels: (N,) int64."""
+        tokens[offsets[i]:offsets[i + 1]]; the token ids of x are tokens + shift (e.g. shift 1 for bytes,
+        so that 0 is free for padding), followed by the token `eos` when it is given (the length counts it);
+        a document with its EOS is at most seq_len long; labels: (N,) int64."""
+        room = seq_len - (eos is not None)
         for tokens, offsets in documents:
             if len(offsets) != len(labels) + 1:
                 raise ValueError(f"offsets of length {len(offsets)} for {len(labels)} examples")
-            if len(offsets) > 1 and int((offsets[1:] - offsets[:-1]).max()) > seq_len:
-                raise ValueError(f"a document is longer than seq_len={seq_len}")
+            if len(offsets) > 1 and int((offsets[1:] - offsets[:-1]).max()) > room:
+                raise ValueError(f"a document is longer than seq_len={seq_len}" + (" with its EOS" if eos is not None else ""))
         self.documents = list(documents)
         self.labels = labels
         self.seq_len = seq_len
         self.shift = shift
+        self.eos = eos
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -70,9 +73,13 @@ class TokenSequences(Dataset):
     def _document(self, k: int, i: int) -> tuple[torch.Tensor, int]:
         tokens, offsets = self.documents[k]
         start, end = int(offsets[i]), int(offsets[i + 1])
+        n = end - start
         x = torch.zeros(self.seq_len, dtype=torch.long)
-        x[: end - start] = tokens[start:end].long() + self.shift
-        return x, end - start
+        x[:n] = tokens[start:end].long() + self.shift
+        if self.eos is not None:
+            x[n] = self.eos
+            n += 1
+        return x, n
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         docs = [self._document(k, i) for k in range(len(self.documents))]

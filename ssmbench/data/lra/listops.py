@@ -5,8 +5,9 @@ Files (the release layout, or `ssmbench data generate listops`):
 
 Tokens: the parentheses of the release's bracketing are dropped; the rest map to
     0 padding, 1..10 the digits 0..9, 11 [MIN, 12 [MAX, 13 [MED, 14 [SM, 15 ]      (vocab_size 16)
-x: (L,) int64 zero-padded to seq_len (2048), lengths: the number of tokens, y: the value.
-An expression longer than seq_len is an error (truncating it would change its value).
+and, with append_eos (the S4 release's loader), 16 an end-of-sequence token after each expression
+(vocab_size 17). x: (L,) int64 zero-padded to seq_len (2048), lengths: the number of tokens (with the
+EOS), y: the value. An expression that does not fit seq_len is an error (truncating it would change its value).
 """
 
 from __future__ import annotations
@@ -86,11 +87,13 @@ class ListOpsDataModule(ReleaseTask):
     generator = "listops"
     cache_name = "listops"
 
-    def __init__(self, **metadata):
+    def __init__(self, *, append_eos: bool = False, **metadata):
         super().__init__(**metadata)
-        if self.vocab_size != len(VOCAB) or self.n_classes != 10:
-            raise ValueError(f"task {self.name}: ListOps has vocab_size={len(VOCAB)} and n_classes=10, "
-                             f"the config says {self.vocab_size} and {self.n_classes}")
+        self.append_eos = bool(append_eos)
+        vocab_size = len(VOCAB) + self.append_eos
+        if self.vocab_size != vocab_size or self.n_classes != 10:
+            raise ValueError(f"task {self.name}: ListOps{' with EOS' if append_eos else ''} has vocab_size={vocab_size} "
+                             f"and n_classes=10, the config says {self.vocab_size} and {self.n_classes}")
 
     def _decode(self, files: list[Path]) -> dict[str, torch.Tensor]:
         """{split}_tokens, {split}_offsets (the expressions' token ids, ragged) and {split}_labels per split."""
@@ -105,9 +108,11 @@ class ListOpsDataModule(ReleaseTask):
         splits = []
         for split, path in zip(SPLITS, files):
             offsets = t[f"{split}_offsets"]
-            longest = int((offsets[1:] - offsets[:-1]).max()) if len(offsets) > 1 else 0
+            longest = int((offsets[1:] - offsets[:-1]).max()) + self.append_eos if len(offsets) > 1 else 0
             if longest > self.seq_len:
-                raise corrupt_file(path, f"holds an expression of {longest} tokens, more than task.seq_len={self.seq_len}",
+                raise corrupt_file(path, f"holds an expression of {longest} tokens{' with its EOS' if self.append_eos else ''}, "
+                                         f"more than task.seq_len={self.seq_len}",
                                    remedy="raise task.seq_len (expressions are never truncated)")
-            splits.append(TokenSequences([(t[f"{split}_tokens"], offsets)], t[f"{split}_labels"], self.seq_len))
+            splits.append(TokenSequences([(t[f"{split}_tokens"], offsets)], t[f"{split}_labels"], self.seq_len,
+                                         eos=len(VOCAB) if self.append_eos else None))
         return tuple(splits)
