@@ -63,10 +63,18 @@ def cosine_warmup(
     warmup_steps: int | None = None,
     warmup_fraction: float = 0.0,
     min_lr_ratio: float = 0.0,
+    span_steps: int | None = None,
 ) -> dict:
-    """lr(s) = lr0 * (s+1)/W for s < W, then lr0 * (r + (1-r) (1 + cos(pi (s-W)/(S-W))) / 2), r = min_lr_ratio."""
-    w = _warmup_steps(total_steps, warmup_steps, warmup_fraction)
-    fn = partial(_warmup_cosine_factor, warmup_steps=w, total_steps=total_steps, min_lr_ratio=min_lr_ratio)
+    """lr(s) = lr0 * (s+1)/W for s < W, then lr0 * (r + (1-r) (1 + cos(pi (s-W)/(S-W))) / 2), r = min_lr_ratio.
+
+    S = span_steps when given (a published schedule whose span differs from the steps trained, e.g. the
+    S4 release's num_training_steps: past S the lr stays at r lr0, short of S it never gets there), else
+    total_steps, the steps this run trains; W = warmup_steps, or warmup_fraction x S."""
+    if span_steps is not None and span_steps < 1:
+        raise ValueError(f"scheduler.span_steps={span_steps} must be at least 1 (or null: the steps trained)")
+    span = total_steps if span_steps is None else int(span_steps)
+    w = _warmup_steps(span, warmup_steps, warmup_fraction)
+    fn = partial(_warmup_cosine_factor, warmup_steps=w, total_steps=span, min_lr_ratio=min_lr_ratio)
     return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, fn), "interval": "step"}
 
 

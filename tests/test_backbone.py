@@ -48,6 +48,22 @@ def test_mlp_decoder_is_linear_gelu_linear_on_the_paired_features():
     assert model(decoder="mlp").decoder[0].in_features == 16
 
 
+def test_tied_dropout_drops_a_channel_at_every_step_at_once():
+    from ssmbench.models.dropout import SequenceDropout
+
+    torch.manual_seed(0)
+    x = torch.ones(64, 50, 8)
+    tied, free = SequenceDropout(0.3, tied=True).train(), SequenceDropout(0.3).train()
+    y = tied(x)
+    assert torch.unique(y).tolist() == pytest.approx([0.0, 1 / 0.7])
+    assert (y == y[:, :1]).all()                                 # one mask per (sequence, channel)
+    assert abs(float((y[:, 0] == 0).float().mean()) - 0.3) < 0.05
+    assert not (free(x) == free(x)[:, :1]).all()
+    assert torch.equal(tied.eval()(x), x) and tied.train()(x[:, 0]).shape == (64, 8)
+    m = model(dropout=0.5, tie_dropout=True).train()
+    assert all(block.drop.tied and block.drop.p == 0.5 for block in m.blocks)
+
+
 def test_mean_pooling_ignores_padding_and_last_pooling_takes_last_valid():
     m = model(pool="mean")
     u = torch.randn(2, 5, 16)

@@ -74,6 +74,19 @@ def test_cosine_warmup_values_scale_every_group():
     assert out[s] == pytest.approx([expect, 0.1 * expect])
 
 
+def test_cosine_span_steps_is_the_published_span_not_the_steps_trained():
+    """The S4 release's sCIFAR schedule: the cosine spans 200000 steps, 180000 are trained (the lr never
+    reaches 0); span_steps shorter than the run holds the floor afterwards."""
+    long = lrs(cosine_warmup(make_opt(), total_steps=9, warmup_steps=1, span_steps=11), 9)
+    for s in range(1, 9):
+        assert long[s][0] == pytest.approx(0.5 * (1 + math.cos(math.pi * (s - 1) / 10)))
+    assert long[8][0] > 0.05
+    short = lrs(cosine_warmup(make_opt(), total_steps=10, warmup_fraction=0.25, span_steps=4, min_lr_ratio=0.1), 10)
+    assert short[0][0] == pytest.approx(1.0) and short[4][0] == pytest.approx(0.1) and short[9][0] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="span_steps=0 must be at least 1"):
+        cosine_warmup(make_opt(), total_steps=10, span_steps=0)
+
+
 def test_constant_with_warmup_and_plateau_interval():
     out = lrs(constant(make_opt(), total_steps=10, warmup_fraction=0.3), 6)
     assert [o[0] for o in out] == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0, 1.0, 1.0])

@@ -147,6 +147,13 @@ def test_softplus_dt_transform_starts_from_the_same_steps():
     assert (s.dt() > 0).all()
 
 
+def test_tie_dropout_reaches_the_layer_from_the_model_config():
+    with composed("model=s4", "task=copy", "model.tie_dropout=true", "model.mixer.dropout=0.1") as cfg:
+        net = instantiate(cfg.model)
+    mixer = net.blocks[0].mixer
+    assert mixer.dropout.tied and mixer.dropout.p == 0.1 and net.blocks[0].drop.tied
+
+
 def test_diagonal_inits_equal_the_s4d_closed_forms():
     """S4D-Lin: Lambda_n = -1/2 + i pi n; S4D-Inv: Lambda_n = -1/2 + i N/pi (N/(2n+1) - 1); both B_n = 1
     (n < N/2); S4D-LegS: the diagonal part of DPLR-LegS with B = V^* B. Every channel starts there."""

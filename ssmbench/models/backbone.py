@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssmbench.models.dropout import SequenceDropout
+
 NORMS = ("layer", "batch", "rms")
 FEEDFORWARDS = ("none", "mlp", "glu", "swiglu")
 POOLS = ("mean", "last")
@@ -69,13 +71,13 @@ class FeedForward(nn.Module):
     """Position-wise, hidden width F = expand * D:
     mlp: W2 gelu(W1 x);  glu: W2 (W1a x * sigmoid(W1b x));  swiglu: W2 (silu(W1a x) * W1b x)."""
 
-    def __init__(self, kind: str, d_model: int, expand: int, dropout: float):
+    def __init__(self, kind: str, d_model: int, expand: int, dropout: float, tie_dropout: bool = False):
         super().__init__()
         gated = kind in ("glu", "swiglu")
         hidden = expand * d_model
         self.inp = nn.Linear(d_model, 2 * hidden if gated else hidden)
         self.act = {"mlp": nn.GELU(), "glu": nn.GLU(dim=-1), "swiglu": SwiGLU()}[kind]
-        self.drop = nn.Dropout(dropout)
+        self.drop = SequenceDropout(dropout, tie_dropout)
         self.out = nn.Linear(hidden, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,13 +98,14 @@ class Bidirectional(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, mixer: nn.Module, d_model: int, norm: str, prenorm: bool, dropout: float, ff: str, ff_expand: int):
+    def __init__(self, mixer: nn.Module, d_model: int, norm: str, prenorm: bool, dropout: float, ff: str, ff_expand: int,
+                 tie_dropout: bool = False):
         super().__init__()
         self.mixer = mixer
         self.prenorm = prenorm
         self.norm = SequenceNorm(norm, d_model)
-        self.drop = nn.Dropout(dropout)
-        self.ff = None if ff == "none" else FeedForward(ff, d_model, ff_expand, dropout)
+        self.drop = SequenceDropout(dropout, tie_dropout)
+        self.ff = None if ff == "none" else FeedForward(ff, d_model, ff_expand, dropout, tie_dropout)
         self.ff_norm = None if self.ff is None else SequenceNorm(norm, d_model)
 
     def _residual(self, u: torch.Tensor, f: nn.Module, norm: nn.Module) -> torch.Tensor:
@@ -144,6 +147,7 @@ class SequenceModel(nn.Module):
         prenorm: bool = True,
         norm: str = "layer",
         dropout: float = 0.1,
+        tie_dropout: bool = False,
         ff: str = "none",
         ff_expand: int = 2,
         pool: str = "mean",
@@ -171,7 +175,7 @@ class SequenceModel(nn.Module):
         self.blocks = nn.ModuleList(
             ResidualBlock(
                 Bidirectional(mixer, d_model) if bidirectional else mixer(d_model=d_model),
-                d_model, norm, prenorm, dropout, ff, ff_expand,
+                d_model, norm, prenorm, dropout, ff, ff_expand, tie_dropout,
             )
             for _ in range(n_layers)
         )

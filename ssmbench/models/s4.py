@@ -3,6 +3,7 @@ channel, applied as a long convolution, followed by a GELU and a GLU output proj
 
     u: (B, L, H) -> per channel h:  y_h = K_h * u_h + D_h u_h          (SSM convolution + skip)
                  -> z = dropout(gelu(y)) -> out = GLU(W z + b)          (W: H -> 2H)
+(the placement of the S4 release's v3 layer; `tie_dropout`: one mask for all time steps).
 
 Each channel's continuous system x' = A x + B u, y = C x (state size N = d_state, stored as the
 N/2 eigenvalues of one conjugate half; the other half is their complex conjugate, so K is real):
@@ -56,6 +57,7 @@ from ssmbench.core.discretize import bilinear_diag, bilinear_dplr, dplr_matvec, 
 from ssmbench.core.fftconv import bidirectional_conv, causal_conv
 from ssmbench.core.hippo import MEASURES, dplr
 from ssmbench.core.ssm_kernel import c_from_ct, kernel_diag, kernel_dplr
+from ssmbench.models.dropout import SequenceDropout
 from ssmbench.models.params import set_optim
 
 MODES = ("dplr", "diag")
@@ -136,6 +138,7 @@ class S4Mixer(nn.Module):
         dt_lr: float | None = None,
         bidirectional: bool = False,
         dropout: float = 0.0,
+        tie_dropout: bool = False,
     ):
         super().__init__()
         disc = _check_options(d_model, d_state, mode, init, l_max, disc, dt_min, dt_max, dt_transform, n_ssm)
@@ -160,7 +163,7 @@ class S4Mixer(nn.Module):
         self.register_parameter(DT_PARAMETERS[dt_transform], dt)
         self.C_ri = nn.Parameter(_real_pairs(torch.randn(channels, H, N2, dtype=torch.complex64)))
         self.D = nn.Parameter(torch.randn(H))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = SequenceDropout(dropout, tie_dropout)
         self.output = nn.Linear(H, 2 * H)
         self._cache: dict[str, tuple] = {}
 
