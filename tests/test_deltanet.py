@@ -6,7 +6,8 @@ import torch
 from hydra.utils import instantiate
 
 from ssmbench.core.delta_rule import delta_rule_chunkwise
-from ssmbench.models.deltanet import DeltaNetMixer, ShortConv
+from ssmbench.models.deltanet import DeltaNetMixer
+from ssmbench.models.short_conv import ShortConv
 from tests.compose import composed
 from tests.helpers import step_outputs, train
 

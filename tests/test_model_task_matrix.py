@@ -17,6 +17,7 @@ from tests.compose import composed
 from tests.task_fixtures import FIXTURES
 
 SMALL = ["model.d_model=16", "model.n_layers=1", "task.batch_size=2", "task.num_workers=0", "trainer=debug"]
+SMALL_MIXER = {"mamba2": ["model.mixer.headdim=8", "model.mixer.d_state=8"]}  # heads of 8 in d_inner = 32
 
 
 @pytest.mark.parametrize("task", config_groups()["task"])
@@ -25,7 +26,7 @@ def test_fast_dev_run(model, task, tmp_path):
     if task in FIXTURES:
         FIXTURES[task](tmp_path / "data")
     with composed(f"model={model}", f"task={task}", f"paths.data_dir={tmp_path / 'data'}", *SMALL,
-                  output_dir=tmp_path / "run") as cfg:
+                  *SMALL_MIXER.get(model, []), output_dir=tmp_path / "run") as cfg:
         dm = build_task(cfg)
         net = instantiate(cfg.model)
         if dm.causal and not net.causal:

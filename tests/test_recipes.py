@@ -3,6 +3,7 @@ model configs, resolves, builds its model, and says where each of its numbers co
 
 Parametrized over the files, so a new recipe is covered as soon as it exists (no training, no data)."""
 
+import math
 import re
 
 import pytest
@@ -109,6 +110,23 @@ LRU = "Orvieto et al. 2023 (arXiv:2303.06349) "
 TB9, TB8, D1, D2, D3 = (LRU + "Table 9", LRU + "Table 8, LRU row", LRU + "App. D.1", LRU + "App. D.2", LRU + "App. D.3")
 S5 = "github.com/lindermanlab/S5@d133f4d bin/run_experiments/run_lra_{}.sh (ssm_lr_base x lr_factor)"
 ZOO = "github.com/HazyResearch/zoology MQAR example configs and TrainConfig defaults"
+MAMBA = "Gu & Dao 2023 (arXiv:2312.00752v2) "
+E1, T1, S412 = MAMBA + "App. E.1", MAMBA + "Table 1", MAMBA + "Sec. 4.1.2"
+MAMBA_CODE = "github.com/state-spaces/mamba mamba_ssm/modules/mamba_simple.py@52f57d6 defaults"
+
+
+def selective_copy(**pins) -> dict:
+    return {"task.seq_len": (4096, E1), "task.n_copy": (16, E1), "task.vocab_size": (16, E1),
+            "task.batch_size": (64, E1), "model.n_layers": (2, E1), "model.d_model": (64, E1), "model.ff": ("none", T1),
+            "optimizer.lr": (1e-4, E1), "scheduler._target_": ("ssmbench.optim.constant", E1),
+            "scheduler.warmup_fraction": (0.0, E1), "trainer.max_steps": (400000, E1), **pins}
+
+
+def induction(**pins) -> dict:
+    return {"task.seq_len": (256, S412), "task.vocab_size": (16, S412), "task.batch_size": (8, E1),
+            "model.n_layers": (2, S412), "model.ff": ("none", S412), "optimizer.weight_decay": (0.0, E1),
+            "scheduler._target_": ("ssmbench.optim.constant", E1), "scheduler.warmup_fraction": (0.0, E1),
+            "train_steps": (204800, E1 + " 25 epochs of 8192 steps"), **pins}
 
 
 def s4_mnist(permutation) -> dict:
@@ -220,6 +238,14 @@ PINNED = {
     "pathfinder/lru": lru("pathfinder", "pathfinder", 0.0045, 64, 192, 256, 500000, 0.25, 0.0, (0.9, 0.999), True),
     "pathx/lru": lru("pathx", "pathx", 0.0018, 32, 128, 256, 250000, 0.25, 0.0, (0.999, 0.9999), True,
                      max_phase=0.3141592653589793),
+    "selective_copy/mamba": selective_copy(**{"model.mixer.d_state": (16, MAMBA_CODE), "model.mixer.expand": (2, MAMBA_CODE),
+                                              "model.mixer.d_conv": (4, MAMBA_CODE)}),
+    "selective_copy/s4": selective_copy(**{"model.mixer.glu": (False, T1 + " no gate"),
+                                           "model.mixer.bidirectional": (False, T1)}),
+    "induction/mamba": induction(**{"model.d_model": (64, S412), "optimizer.lr": (1e-3, E1),
+                                    "model.mixer.d_state": (16, MAMBA_CODE)}),
+    "induction/transformer": induction(**{"model.d_model": (128, S412), "optimizer.lr": (2e-4, E1),
+                                          "model.mixer.num_heads": (8, S412), "model.mixer.causal": (True, S412)}),
     **{f"mqar/{m}": {
         "task.vocab_size": (8192, ZOO), "task.seq_len": (512, ZOO), "task.num_kv_pairs": (64, ZOO),
         "task.alpha": (0.01, ZOO), "task.n_train": (100000, ZOO), "task.batch_size": (128, ZOO),
@@ -232,12 +258,14 @@ PINNED = {
 
 def composed_value(cfg, key: str):
     """The value of `key` in a composed recipe; derived keys: dt_lr (the lr dt trains with), ssm_lr_factor
-    (ssm_lr / base lr) and sweep.<override> (a swept override's values)."""
+    (ssm_lr / base lr), train_steps (optimizer steps of the epochs) and sweep.<override> (a swept override's values)."""
     if key == "dt_lr":
         dt_lr = cfg.model.mixer.dt_lr
         return cfg.model.mixer.ssm_lr if dt_lr is None else dt_lr
     if key == "ssm_lr_factor":
         return cfg.model.mixer.ssm_lr / cfg.optimizer.lr
+    if key == "train_steps":
+        return math.ceil(cfg.task.n_train / cfg.task.batch_size) * cfg.trainer.max_epochs
     if key.startswith("sweep."):
         return [float(v) for v in str(cfg.hydra.sweeper.params[key[len("sweep."):]]).split(",")]
     value = OmegaConf.select(cfg, key, throw_on_missing=True)
@@ -257,7 +285,7 @@ def test_recipe_matches_its_source_key_by_key(name):
                                 for k, (got, want, src) in wrong.items())
 
 
-@pytest.mark.parametrize("name", [n for n in sorted(PINNED) if n.endswith("/s4")])
+@pytest.mark.parametrize("name", [n for n in sorted(PINNED) if "dt_lr" in PINNED[n]])
 def test_s4_recipe_builds_the_optimizer_groups_it_states(name, tmp_path):
     """The built layer's parameters carry the learning rates of the table (dt's own, A/B/P's) and n_ssm systems."""
     cfg = compose_recipe(name, "model.n_layers=1")

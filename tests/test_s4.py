@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
+from ssmbench.core.discretize import dplr_matvec
 from ssmbench.core.hippo import dplr
 from ssmbench.models.s4 import S4Mixer
 from ssmbench.optim import param_groups
@@ -145,6 +146,28 @@ def test_softplus_dt_transform_starts_from_the_same_steps():
     torch.testing.assert_close(y_rec, y_conv, rtol=0, atol=1e-8)
     s.softplus_inv_dt.detach().fill_(-40.0)       # softplus keeps dt > 0 for any parameter value
     assert (s.dt() > 0).all()
+
+
+def test_glu_false_is_the_ungated_layer():
+    m = layer(seed=1, glu=False).double()
+    x = torch.randn(2, 15, 6, dtype=torch.float64)
+    with torch.no_grad():
+        z = F.gelu(_ssm_output(m, x))
+        torch.testing.assert_close(m(x), z @ m.output.weight.T + m.output.bias)
+    assert m.output.weight.shape == (6, 6)
+    y_conv, y_rec = convolution_and_recurrence(m, x)
+    torch.testing.assert_close(y_rec, y_conv, rtol=0, atol=1e-8)
+
+
+def _ssm_output(m, x):
+    """y = K * u + D u of the layer's SSM, by the recurrence written out (before GELU and the output map)."""
+    rec = m.recurrence()
+    state, ys = m.initial_state(x.shape[0], dtype=x.dtype), []
+    for t in range(x.shape[1]):
+        u = x[:, t].to(rec["Bb"].real.dtype)
+        state = dplr_matvec(rec["A1"], dplr_matvec(rec["A0"], state)) + rec["Bb"] * u[..., None]
+        ys.append((rec["C"] * state).sum(-1).real + m.D * u)
+    return torch.stack(ys, 1)
 
 
 def test_tie_dropout_reaches_the_layer_from_the_model_config():

@@ -18,30 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmbench.core.delta_rule import delta_rule_chunkwise, delta_rule_reference
-
-
-class ShortConv(nn.Module):
-    """Causal depthwise convolution over time, then SiLU: y_t = silu(sum_{j<K} w_j x_{t-K+1+j}) per channel."""
-
-    def __init__(self, channels: int, kernel_size: int):
-        super().__init__()
-        self.kernel_size = kernel_size
-        self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, C) -> (B, L, C), zeros before the first input."""
-        x = F.pad(x.transpose(1, 2), (self.kernel_size - 1, 0))
-        return F.silu(self.conv(x)).transpose(1, 2)
-
-    def initial_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
-        """The last K - 1 inputs, all zero: (B, C, K - 1)."""
-        return torch.zeros(batch_size, self.conv.in_channels, self.kernel_size - 1, device=device, dtype=dtype)
-
-    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_t (B, C), state (B, C, K - 1) -> (y_t (B, C), state)."""
-        window = torch.cat([state, x_t[..., None]], dim=-1)
-        y_t = F.silu((window * self.conv.weight[:, 0]).sum(-1))
-        return y_t, window[..., 1:]
+from ssmbench.models.short_conv import ShortConv
 
 
 class DeltaNetMixer(nn.Module):

@@ -3,7 +3,8 @@ channel, applied as a long convolution, followed by a GELU and a GLU output proj
 
     u: (B, L, H) -> per channel h:  y_h = K_h * u_h + D_h u_h          (SSM convolution + skip)
                  -> z = dropout(gelu(y)) -> out = GLU(W z + b)          (W: H -> 2H)
-(the placement of the S4 release's v3 layer; `tie_dropout`: one mask for all time steps).
+(the placement of the S4 release's v3 layer; `tie_dropout`: one mask for all time steps). glu=False
+gives the ungated layer, out = W z + b with W: H -> H (the Mamba paper's "no gate" S4 architecture).
 
 Each channel's continuous system x' = A x + B u, y = C x (state size N = d_state, stored as the
 N/2 eigenvalues of one conjugate half; the other half is their complex conjugate, so K is real):
@@ -139,6 +140,7 @@ class S4Mixer(nn.Module):
         bidirectional: bool = False,
         dropout: float = 0.0,
         tie_dropout: bool = False,
+        glu: bool = True,
     ):
         super().__init__()
         disc = _check_options(d_model, d_state, mode, init, l_max, disc, dt_min, dt_max, dt_transform, n_ssm)
@@ -164,7 +166,8 @@ class S4Mixer(nn.Module):
         self.C_ri = nn.Parameter(_real_pairs(torch.randn(channels, H, N2, dtype=torch.complex64)))
         self.D = nn.Parameter(torch.randn(H))
         self.dropout = SequenceDropout(dropout, tie_dropout)
-        self.output = nn.Linear(H, 2 * H)
+        self.glu = glu
+        self.output = nn.Linear(H, 2 * H if glu else H)
         self._cache: dict[str, tuple] = {}
 
     @staticmethod
@@ -218,8 +221,9 @@ class S4Mixer(nn.Module):
         return kernel_dplr(Lambda, self.P, self.P, self.B, self.C, dt, self.l_max, conj_sym=True)[..., :L]
 
     def _head(self, y: torch.Tensor) -> torch.Tensor:
-        """GELU, dropout, then the GLU output projection: (..., H) -> (..., H)."""
-        return F.glu(self.output(self.dropout(F.gelu(y))), dim=-1)
+        """GELU, dropout, then the GLU (or, glu=False, linear) output projection: (..., H) -> (..., H)."""
+        out = self.output(self.dropout(F.gelu(y)))
+        return F.glu(out, dim=-1) if self.glu else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, H) -> (B, L, H) by convolution with the SSM kernel."""

@@ -1,0 +1,175 @@
+"""Benchmark of ssmbench.core.ssd (Mamba-2's SSD): forward + backward time and peak memory, recurrent vs chunkwise.
+
+    .venv/bin/python benchmarks/ssd.py [--device cpu|cuda] [--quick] [--threads N] [--repeat R]
+                                       [--dtype float32|bfloat16]
+
+Bt=4, H=8, P=64, N=64, G=1 (B and C shared by all heads, Mamba-2's default), L in {2048, 8192}
+(--quick: 512 and 2048, one timed repeat), dt log-uniform in [1e-3, 1e-1], A = -uniform(1, 16) per
+head, a zero initial state. For each L:
+    recurrent       ssd_recurrent (the loop over t; autograd through every step)
+    chunkwise Q     ssd_chunkwise with chunk_size Q in {64, 128, 256} (autograd through the chunked form)
+Columns: median wall time of forward + backward (after one warm-up run; the recurrent form at the
+largest L is run once, without warm-up, to keep the benchmark short), the process CPU time of the
+same run (CPU only: under contention from other processes it is the steadier figure), the speed-up
+over the recurrent form, the peak memory of one forward + backward above what was allocated before
+it (CUDA: the caching allocator's peak; CPU: growth of the peak resident set of a fresh process
+running it once, with glibc malloc set to return large blocks at once; Linux only, else nan), and
+the relative error max|y - y_rec| / max|y_rec| of the outputs against the recurrent form.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import math
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from ssmbench.core.ssd import ssd_chunkwise, ssd_recurrent
+
+BT, H, P, N, G = 4, 8, 64, 64, 1
+CHUNKS = (64, 128, 256)
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def inputs(length: int, dtype: torch.dtype, device: str, seed: int = 0) -> list[torch.Tensor]:
+    """x (Bt, L, H, P), dt (Bt, L, H), A (H,), B, C (Bt, L, G, N)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(BT, length, H, P, generator=g)
+    dt = torch.exp(torch.empty(BT, length, H).uniform_(math.log(1e-3), math.log(1e-1), generator=g))
+    A = -torch.empty(H).uniform_(1.0, 16.0, generator=g)
+    B = torch.randn(BT, length, G, N, generator=g)
+    C = torch.randn(BT, length, G, N, generator=g)
+    return [t.to(device=device, dtype=dtype) for t in (x, dt, A, B, C)]
+
+
+def fwd_bwd(fn, tensors: list[torch.Tensor]) -> torch.Tensor:
+    """y, S = fn(x, dt, A, B, C); backward of sum(y) + sum(S) into fresh leaves; returns y."""
+    leaves = [t.detach().requires_grad_() for t in tensors]
+    y, S = fn(*leaves)
+    (y.float().sum() + S.sum()).backward()
+    return y.detach()
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, tensors: list[torch.Tensor], device: str, repeat: int, warmup: bool = True):
+    """Median (wall seconds, process CPU seconds) of forward + backward (after one warm-up run unless
+    warmup=False), and the output y of the last run."""
+    def once() -> tuple[float, float, torch.Tensor]:
+        synchronize(device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        y = fwd_bwd(fn, tensors)
+        synchronize(device)
+        return time.perf_counter() - wall, time.process_time() - cpu, y
+
+    if warmup:
+        once()
+    runs = [once() for _ in range(repeat)]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[-1][2]
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{key}:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+
+def cuda_peak_bytes(fn, tensors: list[torch.Tensor]) -> float:
+    """The caching allocator's peak during one forward + backward, above what was allocated before it."""
+    synchronize("cuda")
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fwd_bwd(fn, tensors)
+    synchronize("cuda")
+    return float(torch.cuda.max_memory_allocated() - base)
+
+
+def cpu_peak_bytes_here(fn, tensors: list[torch.Tensor]) -> float:
+    """Growth of this process's peak resident set during one forward + backward. Meant for a fresh
+    process: glibc malloc is first told to serve blocks of 64 KiB and more by mmap and to return them
+    on free, so the resident set follows the live tensors. NaN where this is not Linux with glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        if not libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024):
+            return float("nan")
+        libc.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set size (VmHWM) to the current one
+    except OSError:
+        return float("nan")
+    base = _status_bytes("VmRSS")
+    fwd_bwd(fn, tensors)
+    return float(_status_bytes("VmHWM") - base)
+
+
+def cpu_peak_bytes(length: int, label: str, dtype: str, threads: int | None) -> float:
+    """`cpu_peak_bytes_here` of one method and length, run in a fresh Python process."""
+    command = [sys.executable, __file__, "--peak-of", str(length), label, "--dtype", dtype]
+    if threads:
+        command += ["--threads", str(threads)]
+    proc = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def methods() -> dict:
+    table = {"recurrent": ssd_recurrent}
+    for c in CHUNKS:
+        table[f"chunkwise {c}"] = lambda *t, c=c: ssd_chunkwise(*t, chunk_size=c)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--quick", action="store_true", help="L in {512, 2048} only, one timed repeat")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="input dtype (SSD computes in float32 either way)")
+    parser.add_argument("--peak-of", nargs=2, metavar=("L", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    lengths = [512, 2048] if args.quick else [2048, 8192]
+    repeat = 1 if args.quick else args.repeat
+    name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    if args.peak_of:
+        length, label = int(args.peak_of[0]), args.peak_of[1]
+        print(cpu_peak_bytes_here(methods()[label], inputs(length, dtype, "cpu")))
+        return
+    print(f"SSD forward+backward, Bt={BT}, H={H}, P={P}, N={N}, G={G}, {args.dtype}; {name}; torch {torch.__version__}")
+    header = f"{'L':>6} {'method':>14} {'wall ms':>10} {'cpu ms':>10} {'speed-up':>9} {'peak MB':>9} {'err y':>9}"
+    print(header)
+    print("-" * len(header))
+    for length in lengths:
+        tensors = inputs(length, dtype, args.device)
+        base_wall = reference = None
+        for label, fn in methods().items():
+            once_only = label == "recurrent" and length == max(lengths) and not args.quick
+            wall, cpu, y = timed(fn, tensors, args.device, 1 if once_only else repeat, warmup=not once_only)
+            y = y.float()
+            if reference is None:
+                base_wall, reference = wall, y
+            if args.device == "cuda":
+                peak = cuda_peak_bytes(fn, tensors)
+            else:
+                peak = cpu_peak_bytes(length, label, args.dtype, args.threads)
+            err = float((y - reference).abs().max() / reference.abs().max())
+            cpu_ms = f"{1e3 * cpu:>10.1f}" if args.device == "cpu" else f"{'-':>10}"
+            print(f"{length:>6} {label:>14} {1e3 * wall:>10.1f} {cpu_ms} {base_wall / wall:>8.1f}x "
+                  f"{peak / 2**20:>9.1f} {err:>9.1e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
