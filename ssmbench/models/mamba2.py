@@ -26,12 +26,13 @@ from ssmbench.models.short_conv import ShortConv
 
 
 class GatedRMSNorm(nn.Module):
-    """RMSNorm_G(y * silu(z)) * weight: each of G groups of the last dimension normalized by its own RMS."""
+    """RMSNorm_G(y * silu(z)) * weight: each of G groups of the last dimension normalized by its own RMS
+    (g / sqrt(mean(g^2) + eps)); the weight, like every norm's, has no weight decay."""
 
     def __init__(self, dim: int, groups: int, eps: float = 1e-5):
         super().__init__()
         self.groups, self.eps = groups, eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = set_optim(nn.Parameter(torch.ones(dim)), weight_decay=0.0)
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """y, z (..., dim) -> (..., dim)."""
