@@ -86,10 +86,12 @@ def ssd_recurrent(
         B, C = (t.repeat_interleave(H // G, dim=2) for t in (B, C))  # (Bt, L, H, N): head h -> group h // (H / G)
         S = x.new_zeros(Bt, H, P, N) if initial_state is None else initial_state.to(dtype)
         outputs = []
-        for t in range(L):
-            decay = torch.exp(dt[:, t] * A)  # (Bt, H)
-            S = decay[..., None, None] * S + (dt[:, t, :, None] * x[:, t])[..., :, None] * B[:, t, :, None, :]
-            outputs.append(S @ C[:, t, :, :, None])  # (Bt, H, P, 1)
+        # unbind (not x[:, t]): its backward is one stack, where indexing would add a full-size zero
+        # gradient per step (O(L^2) work).
+        for x_t, dt_t, B_t, C_t in zip(x.unbind(1), dt.unbind(1), B.unbind(1), C.unbind(1)):
+            decay = torch.exp(dt_t * A)  # (Bt, H)
+            S = decay[..., None, None] * S + (dt_t[..., None] * x_t)[..., :, None] * B_t[..., None, :]
+            outputs.append(S @ C_t[..., :, None])  # (Bt, H, P, 1)
         y = torch.stack(outputs, dim=1)[..., 0]
     return y.to(out_dtype), S
 
@@ -144,7 +146,7 @@ def ssd_chunkwise(
         xc = x.reshape(Bt, K, Q, G, R, P).permute(0, 1, 3, 4, 5, 2)
         dtc = dt.reshape(Bt, K, Q, G, R).permute(0, 1, 3, 4, 2)
         Bc, Cc = (t.reshape(Bt, K, Q, G, N).transpose(2, 3) for t in (B, C))
-        cum = torch.cumsum(dtc * A.view(G, R, 1), dim=-1)  # c_t, (Bt, K, G, R, Q)
+        cum = torch.cumsum(dtc * A.reshape(G, R, 1), dim=-1)  # c_t, (Bt, K, G, R, Q)
         xdt = xc * dtc[..., None, :]  # dt_s x_s, (Bt, K, G, R, P, Q)
 
         # 1. within chunks: Y_diag[p, t] = sum_s xdt[p, s] M[t, s], M = (C_t^T B_s) exp(c_t - c_s), s <= t.
@@ -163,9 +165,9 @@ def ssd_chunkwise(
         chunk_decay = torch.exp(cum[..., -1]).reshape(Bt, K, H, 1, 1)
         S = x.new_zeros(Bt, H, P, N) if initial_state is None else initial_state.to(dtype)
         entering = []
-        for k in range(K):
+        for decay_k, own_k in zip(chunk_decay.unbind(1), own.unbind(1)):  # unbind, not own[:, k] (see ssd_recurrent)
             entering.append(S)
-            S = chunk_decay[:, k] * S + own[:, k]
+            S = decay_k * S + own_k
         S_in = torch.stack(entering, dim=1).view(Bt, K, G, R * P, N)
 
         # 4. the entering state's part: Y_off[p, t] = exp(c_t) (S_{k-1} C_t)[p].
