@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from measure import synchronize  # noqa: E402
 from ssmbench.core.newton import newton_solve, newton_solve_reference  # noqa: E402
 from ssmbench.data.base import IGNORE_INDEX  # noqa: E402
 from ssmbench.data.synthetic.copy import copy_examples  # noqa: E402
@@ -34,21 +35,16 @@ from ssmbench.models.nrnn import NewtonRNNMixer, make_cell  # noqa: E402
 CASES = [("diag_gru", 64, "diag"), ("elman", 16, "full")]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time_fwd_bwd(solve, u, h0, weight, repeats: int) -> tuple[float, dict]:
     """Best seconds of forward + backward of sum(solve(u, h0) * weight) over `repeats` runs, and the last info."""
     times, info = [], {}
     for i in range(repeats + 1):
         uu = u.detach().requires_grad_()
-        _sync(u.device)
+        synchronize(u.device)
         start = time.perf_counter()
         h, info = solve(uu, h0)
         (h * weight).sum().backward()
-        _sync(u.device)
+        synchronize(u.device)
         if i:  # the first run warms up
             times.append(time.perf_counter() - start)
     return min(times), info

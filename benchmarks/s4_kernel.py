@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from measure import cuda_peak_bytes, synchronize  # noqa: E402
 from ssmbench.core.cauchy import set_cauchy_backend  # noqa: E402
 from ssmbench.core.fftconv import causal_conv  # noqa: E402
 from ssmbench.core.hippo import dplr  # noqa: E402
@@ -35,11 +36,6 @@ from ssmbench.core.ssm_kernel import kernel_dplr  # noqa: E402
 from ssmbench.models.s4 import S4Mixer  # noqa: E402
 
 H, N = 256, 64
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def kernel_inputs(device: torch.device) -> list[torch.Tensor]:
@@ -63,13 +59,13 @@ def time_fwd_bwd(make, device: torch.device, repeats: int) -> tuple[float, float
     """Median forward and backward seconds of `make()` -> (output, grad_output)."""
     fwd, bwd = [], []
     for i in range(repeats + 1):
-        sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         out, grad = make()
-        sync(device)
+        synchronize(device)
         t1 = time.perf_counter()
         out.backward(grad)
-        sync(device)
+        synchronize(device)
         t2 = time.perf_counter()
         if i:
             fwd.append(t1 - t0)
@@ -79,21 +75,16 @@ def time_fwd_bwd(make, device: torch.device, repeats: int) -> tuple[float, float
 
 def peak_bytes(make, device: torch.device) -> int | None:
     """Bytes allocated at the peak of one forward+backward, above what was allocated before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
+    def run() -> None:
         out, grad = make()
         out.backward(grad)
-        del out, grad
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
+
+    if device.type == "cuda":
+        return int(cuda_peak_bytes(run))
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out, grad = make()
-        out.backward(grad)
-        del out, grad
+        run()
     try:  # the profiler's raw allocation records (not a stable torch API)
         events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     except AttributeError:

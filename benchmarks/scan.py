@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 from contextlib import contextmanager
 
 import torch
 
+import measure
 from ssmbench.core import scan
 from ssmbench.core.scan import linear_scan, linear_scan_reference
 
@@ -77,28 +76,14 @@ def fwd_bwd(fn, a, b, w):
     return h.detach(), a.grad
 
 
-def median_seconds(work, cuda: bool, repeat: int) -> float:
-    """Median wall seconds of work() over `repeat` runs, after one warm-up run."""
-    def once():
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        work()
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    once()
-    return statistics.median(once() for _ in range(repeat))
-
-
 def timed(fn, a, b, w, repeat: int) -> float:
-    return median_seconds(lambda: fwd_bwd(fn, a, b, w), a.is_cuda, repeat)
+    """Median wall seconds of fwd_bwd(fn, a, b, w) over `repeat` runs, after one warm-up run."""
+    return measure.timed(lambda: fwd_bwd(fn, a, b, w), a.device, repeat)[0]
 
 
 def output_floor(a: torch.Tensor, repeat: int) -> float:
     """Seconds to allocate and first touch three tensors like `a` (the outputs h, dL/da, dL/db)."""
-    return median_seconds(lambda: [torch.empty_like(a).zero_() for _ in range(3)], a.is_cuda, repeat)
+    return measure.timed(lambda: [torch.empty_like(a).zero_() for _ in range(3)], a.device, repeat)[0]
 
 
 def channel_err(x: torch.Tensor, ref: torch.Tensor) -> float:

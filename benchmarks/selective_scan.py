@@ -26,21 +26,15 @@ the chunked path never allocates.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import math
-import re
-import statistics
-import subprocess
-import sys
-import time
 
 import torch
 
+from measure import cpu_peak_bytes_here, cpu_peak_bytes_in_fresh_process, cuda_peak_bytes, timed
 from ssmbench.core import selective_scan as ss
 from ssmbench.core.selective_scan import selective_scan, selective_scan_reference
 
 BT, DM, N = 8, 512, 16
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 NAMES = ("u", "delta", "A", "B", "C", "D", "z")
 
 
@@ -66,69 +60,6 @@ def fwd_bwd(fn, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.T
     y, h = fn(*leaves, return_state=True)
     (y.sum() + h.sum()).backward()
     return y.detach(), [t.grad for t in leaves]
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, tensors: list[torch.Tensor], device: str, repeat: int) -> tuple[float, float]:
-    """Median (wall seconds, process CPU seconds) of forward + backward, after one warm-up run."""
-    def once() -> tuple[float, float]:
-        synchronize(device)
-        wall, cpu = time.perf_counter(), time.process_time()
-        fwd_bwd(fn, tensors)
-        synchronize(device)
-        return time.perf_counter() - wall, time.process_time() - cpu
-
-    once()
-    runs = [once() for _ in range(repeat)]
-    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
-
-
-def _status_bytes(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"{key}:\s+(\d+) kB", f.read()).group(1)) * 1024
-
-
-def cuda_peak_bytes(fn, tensors: list[torch.Tensor]) -> float:
-    """The caching allocator's peak during one forward + backward, above what was allocated before it."""
-    synchronize("cuda")
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fwd_bwd(fn, tensors)
-    synchronize("cuda")
-    return float(torch.cuda.max_memory_allocated() - base)
-
-
-def cpu_peak_bytes_here(fn, tensors: list[torch.Tensor]) -> float:
-    """Growth of this process's peak resident set during one forward + backward. Meant for a fresh
-    process: glibc malloc is first told to serve blocks of 64 KiB and more by mmap and to return them
-    on free, so the resident set follows the live tensors. NaN where this is not Linux with glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        if not libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024):
-            return float("nan")
-        libc.malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets the peak resident set size (VmHWM) to the current one
-    except OSError:
-        return float("nan")
-    base = _status_bytes("VmRSS")
-    fwd_bwd(fn, tensors)
-    return float(_status_bytes("VmHWM") - base)
-
-
-def cpu_peak_bytes(length: int, label: str, args: argparse.Namespace) -> float:
-    """`cpu_peak_bytes_here` of one method and length, run in a fresh Python process."""
-    command = [sys.executable, __file__, "--peak-of", str(length), label]
-    if args.threads:
-        command += ["--threads", str(args.threads)]
-    if args.chunk:
-        command += ["--chunk", str(args.chunk)]
-    proc = subprocess.run(command, capture_output=True, text=True, check=True)
-    return float(proc.stdout.strip().splitlines()[-1])
 
 
 def methods(chunk: int | None) -> dict:
@@ -161,11 +92,15 @@ def main() -> None:
     table = methods(args.chunk)
     if args.peak_of:
         length, label = int(args.peak_of[0]), args.peak_of[1]
-        print(cpu_peak_bytes_here(table[label], inputs(length, "cpu")))
+        fn, tensors = table[label], inputs(length, "cpu")
+        print(cpu_peak_bytes_here(lambda: fwd_bwd(fn, tensors)))
         return
     lengths = [256, 1024] if args.quick else [1024, 4096]
     repeat = 1 if args.quick else args.repeat
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    peak_options = ["--threads", str(args.threads)] if args.threads else []
+    if args.chunk:
+        peak_options += ["--chunk", str(args.chunk)]
     print(f"selective scan forward+backward, Bt={BT}, Dm={DM}, N={N}, float32, D and z given; {name}; "
           f"torch {torch.__version__}")
     header = (f"{'L':>6} {'method':>10} {'T':>4} {'wall ms':>10} {'cpu ms':>10} {'speed-up':>9} {'cpu x':>7} "
@@ -182,12 +117,13 @@ def main() -> None:
             if label == "reference" and args.skip_reference_above is not None and length > args.skip_reference_above:
                 print(f"{length:>6} {label:>10} {'':>4} {'skipped (--skip-reference-above)':>32}", flush=True)
                 continue
-            wall, cpu = timed(fn, tensors, args.device, args.reference_repeat if label == "reference" else repeat)
+            wall, cpu = timed(lambda: fwd_bwd(fn, tensors), args.device,
+                              args.reference_repeat if label == "reference" else repeat)
             y, grads = fwd_bwd(fn, tensors)
             if args.device == "cuda":
-                peak = cuda_peak_bytes(fn, tensors)
+                peak = cuda_peak_bytes(lambda: fwd_bwd(fn, tensors))
             else:
-                peak = cpu_peak_bytes(length, label, args)
+                peak = cpu_peak_bytes_in_fresh_process(__file__, [str(length), label, *peak_options])
             if label == "reference":
                 base, reference = (wall, cpu), (y, grads)
                 chunk, speed, err_y, err_g = "-", f"{'1.0x':>9} {'1.0x':>7}", f"{'-':>9}", f"{'-':>9}"

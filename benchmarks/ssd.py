@@ -20,21 +20,15 @@ the relative error max|y - y_rec| / max|y_rec| of the outputs against the recurr
 from __future__ import annotations
 
 import argparse
-import ctypes
 import math
-import re
-import statistics
-import subprocess
-import sys
-import time
 
 import torch
 
+from measure import cpu_peak_bytes_here, cpu_peak_bytes_in_fresh_process, cuda_peak_bytes, timed
 from ssmbench.core.ssd import ssd_chunkwise, ssd_recurrent
 
 BT, H, P, N, G = 4, 8, 64, 64, 1
 CHUNKS = (64, 128, 256)
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
 def inputs(length: int, dtype: torch.dtype, device: str, seed: int = 0) -> list[torch.Tensor]:
@@ -54,69 +48,6 @@ def fwd_bwd(fn, tensors: list[torch.Tensor]) -> torch.Tensor:
     y, S = fn(*leaves)
     (y.float().sum() + S.sum()).backward()
     return y.detach()
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, tensors: list[torch.Tensor], device: str, repeat: int, warmup: bool = True):
-    """Median (wall seconds, process CPU seconds) of forward + backward (after one warm-up run unless
-    warmup=False), and the output y of the last run."""
-    def once() -> tuple[float, float, torch.Tensor]:
-        synchronize(device)
-        wall, cpu = time.perf_counter(), time.process_time()
-        y = fwd_bwd(fn, tensors)
-        synchronize(device)
-        return time.perf_counter() - wall, time.process_time() - cpu, y
-
-    if warmup:
-        once()
-    runs = [once() for _ in range(repeat)]
-    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[-1][2]
-
-
-def _status_bytes(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"{key}:\s+(\d+) kB", f.read()).group(1)) * 1024
-
-
-def cuda_peak_bytes(fn, tensors: list[torch.Tensor]) -> float:
-    """The caching allocator's peak during one forward + backward, above what was allocated before it."""
-    synchronize("cuda")
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fwd_bwd(fn, tensors)
-    synchronize("cuda")
-    return float(torch.cuda.max_memory_allocated() - base)
-
-
-def cpu_peak_bytes_here(fn, tensors: list[torch.Tensor]) -> float:
-    """Growth of this process's peak resident set during one forward + backward. Meant for a fresh
-    process: glibc malloc is first told to serve blocks of 64 KiB and more by mmap and to return them
-    on free, so the resident set follows the live tensors. NaN where this is not Linux with glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        if not libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024):
-            return float("nan")
-        libc.malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets the peak resident set size (VmHWM) to the current one
-    except OSError:
-        return float("nan")
-    base = _status_bytes("VmRSS")
-    fwd_bwd(fn, tensors)
-    return float(_status_bytes("VmHWM") - base)
-
-
-def cpu_peak_bytes(length: int, label: str, dtype: str, threads: int | None) -> float:
-    """`cpu_peak_bytes_here` of one method and length, run in a fresh Python process."""
-    command = [sys.executable, __file__, "--peak-of", str(length), label, "--dtype", dtype]
-    if threads:
-        command += ["--threads", str(threads)]
-    proc = subprocess.run(command, capture_output=True, text=True, check=True)
-    return float(proc.stdout.strip().splitlines()[-1])
 
 
 def methods() -> dict:
@@ -146,8 +77,10 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     if args.peak_of:
         length, label = int(args.peak_of[0]), args.peak_of[1]
-        print(cpu_peak_bytes_here(methods()[label], inputs(length, dtype, "cpu")))
+        fn, tensors = methods()[label], inputs(length, dtype, "cpu")
+        print(cpu_peak_bytes_here(lambda: fwd_bwd(fn, tensors)))
         return
+    peak_options = ["--dtype", args.dtype] + (["--threads", str(args.threads)] if args.threads else [])
     print(f"SSD forward+backward, Bt={BT}, H={H}, P={P}, N={N}, G={G}, {args.dtype}; {name}; torch {torch.__version__}")
     header = f"{'L':>6} {'method':>14} {'wall ms':>10} {'cpu ms':>10} {'speed-up':>9} {'peak MB':>9} {'err y':>9}"
     print(header)
@@ -157,14 +90,16 @@ def main() -> None:
         base_wall = reference = None
         for label, fn in methods().items():
             once_only = label == "recurrent" and length == max(lengths) and not args.quick
-            wall, cpu, y = timed(fn, tensors, args.device, 1 if once_only else repeat, warmup=not once_only)
-            y = y.float()
+            last = {}
+            wall, cpu = timed(lambda: last.update(y=fwd_bwd(fn, tensors)), args.device,
+                              1 if once_only else repeat, warmup=not once_only)
+            y = last.pop("y").float()
             if reference is None:
                 base_wall, reference = wall, y
             if args.device == "cuda":
-                peak = cuda_peak_bytes(fn, tensors)
+                peak = cuda_peak_bytes(lambda: fwd_bwd(fn, tensors))
             else:
-                peak = cpu_peak_bytes(length, label, args.dtype, args.threads)
+                peak = cpu_peak_bytes_in_fresh_process(__file__, [str(length), label, *peak_options])
             err = float((y - reference).abs().max() / reference.abs().max())
             cpu_ms = f"{1e3 * cpu:>10.1f}" if args.device == "cpu" else f"{'-':>10}"
             print(f"{length:>6} {label:>14} {1e3 * wall:>10.1f} {cpu_ms} {base_wall / wall:>8.1f}x "

@@ -1,0 +1,104 @@
+"""Time and peak memory of one forward + backward, shared by the benchmarks in this folder.
+
+timed, cuda_peak_bytes and cpu_peak_bytes_here take `run`, a callable of no arguments that does one
+forward + backward of the benchmark's own inputs and loss (its return value is ignored).
+
+    synchronize(device)          waits for the work queued on a CUDA device (nothing to wait for on a CPU),
+                                 so that a clock read after it includes that work.
+    timed(run, device, repeat)   median wall seconds (time.perf_counter) and median process CPU seconds
+                                 (time.process_time: all threads of this process, the steadier figure
+                                 on a CPU shared with other processes) of `repeat` runs, after one
+                                 warm-up run unless warmup=False; each run is bracketed by synchronize.
+    cuda_peak_bytes(run)         the CUDA caching allocator's peak (torch.cuda.max_memory_allocated,
+                                 reset before) during one run, above what was allocated before it.
+    cpu_peak_bytes_here(run)     growth of this process's peak resident set during one run: glibc malloc
+                                 is told (mallopt) to serve blocks of 64 KiB and more by mmap and to
+                                 return them on free, the heap is trimmed (malloc_trim), the peak resident
+                                 set (VmHWM) is reset to the current one by writing 5 to
+                                 /proc/self/clear_refs, and the result is VmHWM after the run minus VmRSS
+                                 before it (from /proc/self/status). NaN where this is not Linux with glibc.
+                                 Earlier allocations of the process blur it, so it is meant for a fresh one:
+    cpu_peak_bytes_in_fresh_process(script, args)
+                                 runs `<this Python> script --peak-of *args` in a new process and returns the
+                                 number on the last line it prints; the script's hidden --peak-of option
+                                 builds its inputs and prints cpu_peak_bytes_here of the method named.
+
+The benchmarks are run as `python benchmarks/<name>.py`, which puts this folder on sys.path, so they
+import this module as `measure`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import torch
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait for the work queued on `device` if it is a CUDA device."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(run: Callable[[], object], device: str | torch.device, repeat: int,
+          warmup: bool = True) -> tuple[float, float]:
+    """Median (wall seconds, process CPU seconds) of `repeat` runs, after one warm-up run unless warmup=False."""
+    def once() -> tuple[float, float]:
+        synchronize(device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        run()
+        synchronize(device)
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    if warmup:
+        once()
+    runs = [once() for _ in range(repeat)]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+def cuda_peak_bytes(run: Callable[[], object]) -> float:
+    """The caching allocator's peak during one run, above what was allocated before it."""
+    synchronize("cuda")
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run()
+    synchronize("cuda")
+    return float(torch.cuda.max_memory_allocated() - base)
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{key}:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+
+def cpu_peak_bytes_here(run: Callable[[], object]) -> float:
+    """Growth of this process's peak resident set during one run. Meant for a fresh process: glibc
+    malloc is first told to serve blocks of 64 KiB and more by mmap and to return them on free, so the
+    resident set follows the live tensors. NaN where this is not Linux with glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        if not libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024):
+            return float("nan")
+        libc.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set size (VmHWM) to the current one
+    except OSError:
+        return float("nan")
+    base = _status_bytes("VmRSS")
+    run()
+    return float(_status_bytes("VmHWM") - base)
+
+
+def cpu_peak_bytes_in_fresh_process(script: str, args: list[str]) -> float:
+    """The number printed last by `sys.executable script --peak-of *args`, run in a fresh process."""
+    command = [sys.executable, script, "--peak-of", *args]
+    proc = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(proc.stdout.strip().splitlines()[-1])
