@@ -23,6 +23,8 @@ docstring (conf/, models/, core/, README). New code follows this table:
     a parameter's own learning rate ssm_lr in configs, absolute (a published "factor x base lr" is
                                     written ssm_lr: ${mul:${optimizer.lr},factor});
                                     set_optim(param, lr=..., weight_decay=...) in code
+    dt's own learning rate          dt_lr, absolute like ssm_lr (null: ssm_lr)
+    dropout mask shared over time   tie_dropout
     Jacobian of a Newton solve      jacobian: diag | full (core/newton.py); nrnn adds none
                                     (no Newton: the sequential loop)
     slow reference of a fast path   <name>_reference (linear_scan_reference, cauchy_reference,
