@@ -15,6 +15,10 @@ when it is over, delete RENAMED's rows (and this module with the last of them).
 
 No `_target_` has moved: the nrnn mixer became a package (ssmbench/models/nrnn/) that still exports
 ssmbench.models.nrnn.NewtonRNNMixer, so stored configs instantiate as they are.
+
+Model keys added since (`ADDED`) are absent from older stored configs; `migrate_config` writes them in
+with the value that builds the model those configs were trained with (silently: nothing was renamed),
+so an old checkpoint passes `ckpt_path=`'s model check and `resume=` rebuilds the same model.
 """
 
 from __future__ import annotations
@@ -49,6 +53,28 @@ class Renamed:
             return self.convert(value)
         return self.values.get(value, value) if isinstance(value, str) else value
 
+
+@dataclass(frozen=True)
+class Added:
+    """A model key added later: `value` (as written, interpolations as ${...}) gives the behaviour a
+    config without it had; only for mixers built by `mixer` when it is given."""
+
+    key: str
+    value: Any
+    mixer: str | None = None
+
+
+BACKBONE = "ssmbench.models.backbone.SequenceModel"
+S4_MIXER = "ssmbench.models.s4.S4Mixer"
+ADDED = (
+    Added("model.decoder", "linear"),
+    Added("model.tie_dropout", False),
+    Added("model.mixer.dt_transform", "exp", S4_MIXER),
+    Added("model.mixer.n_ssm", None, S4_MIXER),
+    Added("model.mixer.dt_lr", None, S4_MIXER),
+    Added("model.mixer.tie_dropout", "${..tie_dropout}", S4_MIXER),
+    Added("model.mixer.glu", True, S4_MIXER),
+)
 
 RENAMED = (
     Renamed("model.mixer.state_size", "model.mixer.d_state"),
@@ -117,10 +143,28 @@ def _delete(parent: DictConfig | dict, key: str) -> None:
         del parent[key]
 
 
+def _add_missing(cfg: DictConfig | dict) -> None:
+    """Write each ADDED key that a stored model config (a whole one: the backbone's _target_) lacks, with
+    its old-behaviour value."""
+    model = cfg.get("model")
+    if not isinstance(model, (dict, DictConfig)) or model.get("_target_") != BACKBONE:
+        return
+    mixer = model.get("mixer")
+    target = mixer.get("_target_") if isinstance(mixer, (dict, DictConfig)) else None
+    for added in ADDED:
+        *path, last = added.key.split(".")
+        holder = _parent(cfg, ".".join(path)) if len(path) > 1 else (cfg, path[0])
+        if holder is None or (added.mixer is not None and added.mixer != target):
+            continue
+        node = holder[0][holder[1]]
+        if isinstance(node, (dict, DictConfig)) and last not in node:
+            _set(cfg, added.key, added.value)
+
+
 def migrate_config(cfg: DictConfig | dict, source: str = "stored config") -> DictConfig | dict:
-    """Rename the RENAMED keys of a composed config in place (one warning line each) and return it.
-    `source` names the config in the warnings (e.g. the file it was read from). Where the config sets
-    the new key too, the new key's value is kept and the old key dropped."""
+    """Rename the RENAMED keys of a composed config in place (one warning line each), write in the
+    ADDED keys it lacks, and return it. `source` names the config in the warnings (e.g. the file it was
+    read from). Where the config sets the new key too, the new key's value is kept and the old key dropped."""
     for renamed in RENAMED:
         found = _parent(cfg, renamed.old)
         if found is None:
@@ -136,6 +180,7 @@ def migrate_config(cfg: DictConfig | dict, source: str = "stored config") -> Dic
             note = f" (it sets {renamed.new}={_shown(_raw(*existing))}, which is kept)"
             _warn(renamed, old_value, new_value, source, note)
         _delete(parent, last)
+    _add_missing(cfg)
     return cfg
 
 

@@ -60,6 +60,7 @@ def test_tied_dropout_drops_a_channel_at_every_step_at_once():
     assert abs(float((y[:, 0] == 0).float().mean()) - 0.3) < 0.05
     assert not (free(x) == free(x)[:, :1]).all()
     assert torch.equal(tied.eval()(x), x) and tied.train()(x[:, 0]).shape == (64, 8)
+    assert torch.equal(SequenceDropout(1.0, tied=True).train()(x), torch.zeros_like(x))
     m = model(dropout=0.5, tie_dropout=True).train()
     assert all(block.drop.tied and block.drop.p == 0.5 for block in m.blocks)
 

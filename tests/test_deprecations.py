@@ -138,3 +138,27 @@ def test_old_keys_on_the_command_line_are_renamed_with_a_warning():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "d_state: 16" in proc.stdout and "jacobian: full" in proc.stdout
     assert proc.stderr.count("is deprecated") == 2
+
+
+@pytest.mark.parametrize("model", ["s4", "s4d", "lru"])
+def test_a_config_written_before_the_added_keys_fits_todays_model(model):
+    """A checkpoint's config from before ADDED's keys existed is completed with the values that build the
+    model it was trained with, so `ckpt_path=` accepts it and resume rebuilds the same model."""
+    from ssmbench.deprecations import ADDED
+    from ssmbench.preflight import model_difference
+
+    with composed(f"model={model}", "task=copy") as cfg:
+        today = OmegaConf.to_container(cfg.model, resolve=False)
+    old = {"model": copy.deepcopy(today)}
+    for added in ADDED:
+        if added.mixer not in (None, today["mixer"]["_target_"]):
+            continue                                   # a key of another mixer (the LRU's own glu stays)
+        *path, last = added.key.split(".")
+        node = old
+        for part in path:
+            node = node[part]
+        node.pop(last, None)
+    assert "decoder" not in old["model"]
+    migrated = migrate_config(old)["model"]
+    assert model_difference(migrated, today) is None
+    assert ("dt_transform" in migrated["mixer"]) == model.startswith("s4")

@@ -133,7 +133,7 @@ def s4_mnist(permutation) -> dict:
     return {
         "seed": (0, MNIST_DEFAULTS), "task.batch_size": (50, MNIST_DEFAULTS), "task.mean": ([0.0], MNIST_DEFAULTS),
         "task.std": ([1.0], MNIST_DEFAULTS), "task.val_fraction": (0.1, MNIST_DEFAULTS),
-        "task.permutation": (permutation, MNIST + " dataset.permute: bit-reversal"),
+        "task.permutation": (permutation, MNIST + (" dataset.permute: bit-reversal" if permutation else " less dataset.permute")),
         "model.n_layers": (3, MNIST), "model.d_model": (128, MNIST), "model.prenorm": (True, MNIST),
         "model.norm": ("batch", MNIST), "model.dropout": (0.0, V3_MODEL), "model.tie_dropout": (False, V3_MODEL),
         "model.pool": ("mean", MNIST_DEFAULTS), "model.decoder": ("linear", V3_MODEL),

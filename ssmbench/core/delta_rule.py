@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from ssmbench.core.precision import compute_dtype
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
@@ -62,7 +60,7 @@ def delta_rule_reference(
     -> o (B, H, L, Dv) in the input dtype, final state S_L (B, H, Dk, Dv) in float32 (float64 for float64 input).
     """
     _check(q, k, v, beta, initial_state)
-    dtype, out_dtype = _compute_dtype(q.dtype), q.dtype
+    dtype, out_dtype = compute_dtype(q.dtype), q.dtype
     S = _initial(initial_state, q, v, dtype)
     q, k, v, beta = (t.to(dtype) for t in (q, k, v, beta))
     outputs = []
@@ -119,7 +117,7 @@ def delta_rule_chunkwise(
     _check(q, k, v, beta, initial_state)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"delta_rule_chunkwise: chunk_size must be a positive integer, got {chunk_size!r}")
-    dtype, out_dtype = _compute_dtype(q.dtype), q.dtype
+    dtype, out_dtype = compute_dtype(q.dtype), q.dtype
     S = _initial(initial_state, q, v, dtype)
     B, H, L, Dk = q.shape
     Dv = v.shape[-1]

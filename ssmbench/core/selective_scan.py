@@ -52,6 +52,8 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from ssmbench.core.precision import compute_dtype, no_autocast
+
 CHUNK_BYTES = 16 * 2**20  # the largest (T, Bt, N, Dm) work buffer `_chunk_length` picks
 MIN_CHUNK = 16  # shorter chunks spend more on per-chunk overhead than they save in memory
 
@@ -65,8 +67,8 @@ def _chunk_length(batch: int, length: int, width: int, state: int, itemsize: int
 
 
 def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    """float64 if any input is float64, else float32 (also for bfloat16 / float16 inputs)."""
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+    """`precision.compute_dtype` of the inputs' dtypes."""
+    return compute_dtype(*(t.dtype for t in tensors if t is not None))
 
 
 def _check(name: str, u, delta, A, B, C, D, z, initial_state) -> None:
@@ -153,7 +155,7 @@ class _SelectiveScan(torch.autograd.Function):
         state = A.shape[1]
         n_chunks = -(-length // chunk)
         opts = {"dtype": dtype, "device": u.device}
-        with torch.autocast(u.device.type, enabled=False):
+        with no_autocast(u.device):
             At = A.t().to(dtype).contiguous()
             D_ = D.to(dtype) if D is not None else None
             starts = torch.empty(n_chunks, batch, state, width, **opts)
@@ -193,7 +195,7 @@ class _SelectiveScan(torch.autograd.Function):
         state = A.shape[1]
         n_chunks = starts.shape[0]
         opts = {"dtype": dtype, "device": u.device}
-        with torch.autocast(u.device.type, enabled=False):
+        with no_autocast(u.device):
             At = A.t().to(dtype).contiguous()
             D_ = D.to(dtype) if D is not None else None
             du = torch.empty(u.shape, dtype=u.dtype, device=u.device) if need[0] else None
@@ -347,7 +349,7 @@ def selective_scan_reference(
     _check("selective_scan_reference", u, delta, A, B, C, D, z, initial_state)
     dtype = _compute_dtype(u, delta, A, B, C, D, z, initial_state)
     batch, length, width = u.shape
-    with torch.autocast(u.device.type, enabled=False):
+    with no_autocast(u.device):
         u_, dt, A_, B_, C_ = (t.to(dtype) for t in (u, delta, A, B, C))
         h = u_.new_zeros(batch, width, A.shape[1]) if initial_state is None else initial_state.to(dtype)
         D_ = D.to(dtype) if D is not None else None

@@ -20,13 +20,9 @@ them every exponent below is <= 0.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from ssmbench.core.precision import compute_dtype, no_autocast
 
 
 def _check(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -53,14 +49,6 @@ def _check(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, 
         )
 
 
-def _no_autocast(device: torch.device):
-    """A context that switches autocast off on the device (so the matmuls run in the computation dtype)."""
-    try:
-        return torch.autocast(device_type=device.type, enabled=False)
-    except RuntimeError:  # a device type autocast does not know
-        return contextlib.nullcontext()
-
-
 def ssd_recurrent(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -80,8 +68,8 @@ def ssd_recurrent(
     _check(x, dt, A, B, C, initial_state)
     Bt, L, H, P = x.shape
     G, N = B.shape[2:]
-    dtype, out_dtype = _compute_dtype(x.dtype), x.dtype
-    with _no_autocast(x.device):
+    dtype, out_dtype = compute_dtype(x.dtype), x.dtype
+    with no_autocast(x.device):
         x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
         B, C = (t.repeat_interleave(H // G, dim=2) for t in (B, C))  # (Bt, L, H, N): head h -> group h // (H / G)
         S = x.new_zeros(Bt, H, P, N) if initial_state is None else initial_state.to(dtype)
@@ -136,8 +124,8 @@ def ssd_chunkwise(
     Q = chunk_size
     K = -(-L // Q)  # number of chunks
     pad = K * Q - L
-    dtype, out_dtype = _compute_dtype(x.dtype), x.dtype
-    with _no_autocast(x.device):
+    dtype, out_dtype = compute_dtype(x.dtype), x.dtype
+    with no_autocast(x.device):
         x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
         if pad:
             x, B, C = (torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))

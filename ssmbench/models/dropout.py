@@ -20,6 +20,8 @@ class SequenceDropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.tied and self.training and self.p > 0 and x.dim() > 2):
             return super().forward(x)
+        if self.p == 1:
+            return x * 0
         keep = torch.empty((x.shape[0], *(1,) * (x.dim() - 2), x.shape[-1]), dtype=x.dtype, device=x.device)
         return x * keep.bernoulli_(1 - self.p) / (1 - self.p)
 

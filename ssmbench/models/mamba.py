@@ -15,8 +15,9 @@ dt_proj's bias is the inverse softplus of dt ~ exp(U[log dt_min, log dt_max]) (a
 so delta starts log-uniform in [dt_min, dt_max]; its weight is U[-R^-1/2, R^-1/2]; R = ceil(d_model / 16)
 when dt_rank is None. A_log and D have no weight decay (`set_optim`).
 
-Training runs the chunked selective scan (memory independent of N times L); `step()` runs the recurrence
-one token at a time (conv state + SSM state), O(1) per token.
+Training runs the chunked selective scan (never a (B, L, D_in, N) tensor: it keeps ~sqrt(L) chunk states
+and recomputes inside chunks in backward); `step()` runs the recurrence one token at a time (conv state
++ SSM state), O(1) per token. A_log and D enter the scan in their own dtype (float32 under autocast too).
 """
 
 from __future__ import annotations
@@ -30,19 +31,7 @@ from torch import nn
 from ssmbench.core.selective_scan import selective_scan, selective_scan_reference
 from ssmbench.models.params import set_optim
 from ssmbench.models.short_conv import ShortConv
-
-
-def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
-    """x with softplus(x) = y > 0: log(exp(y) - 1) = y + log(1 - exp(-y))."""
-    return y + torch.log(-torch.expm1(-y))
-
-
-def dt_bias_init(n: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
-    """(n,) biases whose softplus is dt = max(exp(U[log dt_min, log dt_max]), dt_init_floor)."""
-    if not 0 < dt_min <= dt_max:
-        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-    log_dt = torch.rand(n, dtype=torch.float64) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-    return inverse_softplus(torch.exp(log_dt).clamp(min=dt_init_floor)).float()
+from ssmbench.models.step_size import softplus_dt_bias
 
 
 class MambaMixer(nn.Module):
@@ -75,7 +64,7 @@ class MambaMixer(nn.Module):
         with torch.no_grad():
             bound = self.dt_rank ** -0.5
             self.dt_proj.weight.uniform_(-bound, bound)
-            self.dt_proj.bias.copy_(dt_bias_init(d_inner, dt_min, dt_max, dt_init_floor))
+            self.dt_proj.bias.copy_(softplus_dt_bias(d_inner, dt_min, dt_max, dt_init_floor))
         A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
         self.A_log = set_optim(nn.Parameter(torch.log(A)), weight_decay=0.0)
         self.D = set_optim(nn.Parameter(torch.ones(d_inner)), weight_decay=0.0)
@@ -85,14 +74,14 @@ class MambaMixer(nn.Module):
         """x (B, L, D_in) after the convolution -> delta (B, L, D_in), A (D_in, N), B, C (B, L, N)."""
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt))
-        return delta, -torch.exp(self.A_log.to(x.dtype)), B, C
+        return delta, -torch.exp(self.A_log), B, C
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """(B, L, d_model) -> (B, L, d_model), h_0 = 0."""
         x, z = self.in_proj(u).chunk(2, dim=-1)
         x = self.conv(x)
         delta, A, B, C = self._ssm_inputs(x)
-        y = selective_scan(x, delta, A, B, C, D=self.D.to(x.dtype), z=z)
+        y = selective_scan(x, delta, A, B, C, D=self.D, z=z)
         return self.out_proj(y)
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> dict[str, torch.Tensor]:

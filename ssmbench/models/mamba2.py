@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmbench.core.ssd import ssd_chunkwise, ssd_recurrent
-from ssmbench.models.mamba import dt_bias_init
 from ssmbench.models.params import set_optim
 from ssmbench.models.short_conv import ShortConv
+from ssmbench.models.step_size import softplus_dt_bias
 
 
 class GatedRMSNorm(nn.Module):
@@ -79,7 +79,7 @@ class Mamba2Mixer(nn.Module):
         conv_dim = d_inner + 2 * ngroups * d_state
         self.in_proj = nn.Linear(d_model, d_inner + conv_dim + num_heads, bias=bias)
         self.conv = ShortConv(conv_dim, d_conv, bias=conv_bias)
-        self.dt_bias = set_optim(nn.Parameter(dt_bias_init(num_heads, dt_min, dt_max, dt_init_floor)),
+        self.dt_bias = set_optim(nn.Parameter(softplus_dt_bias(num_heads, dt_min, dt_max, dt_init_floor)),
                                  weight_decay=0.0)
         A = torch.empty(num_heads).uniform_(A_init_min, A_init_max)
         self.A_log = set_optim(nn.Parameter(torch.log(A)), weight_decay=0.0)
@@ -97,13 +97,13 @@ class Mamba2Mixer(nn.Module):
         B, C (B, L, G, N)."""
         x, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         groups = (self.ngroups, self.d_state)
-        dt = F.softplus(dt + self.dt_bias.to(dt.dtype))
-        A = -torch.exp(self.A_log.to(x.dtype))
+        dt = F.softplus(dt + self.dt_bias)             # the parameters in their own dtype (float32 under autocast)
+        A = -torch.exp(self.A_log)
         return x.unflatten(-1, (self.num_heads, self.headdim)), dt, A, B.unflatten(-1, groups), C.unflatten(-1, groups)
 
     def _output(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """y, x (B, L, H, P), z (B, L, D_in) -> out_proj(RMSNorm_G((y + D x) * silu(z))): (B, L, d_model)."""
-        y = (y + x * self.D.to(x.dtype)[:, None]).flatten(-2)
+        y = (y + x * self.D[:, None]).flatten(-2)
         return self.out_proj(self.norm(y, z))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:

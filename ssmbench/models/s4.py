@@ -60,6 +60,7 @@ from ssmbench.core.hippo import MEASURES, dplr
 from ssmbench.core.ssm_kernel import c_from_ct, kernel_diag, kernel_dplr
 from ssmbench.models.dropout import SequenceDropout
 from ssmbench.models.params import set_optim
+from ssmbench.models.step_size import inverse_softplus, log_uniform_dt
 
 MODES = ("dplr", "diag")
 INITS = (*MEASURES, "lin", "inv")
@@ -69,11 +70,8 @@ MIN_NEG_REAL = 1e-4
 
 def dt_parameter(log_dt: torch.Tensor, transform: str) -> torch.Tensor:
     """The parameter value that `transform` maps to dt = exp(log_dt): log_dt itself (exp) or the inverse
-    softplus log(exp(dt) - 1) = dt + log(1 - exp(-dt)) (softplus)."""
-    if transform == "exp":
-        return log_dt
-    dt = torch.exp(log_dt)
-    return dt + torch.log(-torch.expm1(-dt))
+    softplus of dt (softplus)."""
+    return log_dt if transform == "exp" else inverse_softplus(torch.exp(log_dt))
 
 
 def diagonal_init(init: str, N: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +158,7 @@ class S4Mixer(nn.Module):
         self.log_neg_real = self._ssm(torch.log(neg_real).float().expand(S, N2).clone(), ssm_lr)
         self.imag = self._ssm(Lambda.imag.float().expand(S, N2).clone(), ssm_lr)
         self.B_ri = self._ssm(_real_pairs(B.expand(S, N2)), ssm_lr)
-        log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        log_dt = log_uniform_dt(H, dt_min, dt_max, dtype=torch.float32)
         dt = self._ssm(dt_parameter(log_dt, dt_transform), ssm_lr if dt_lr is None else dt_lr)
         self.register_parameter(DT_PARAMETERS[dt_transform], dt)
         self.C_ri = nn.Parameter(_real_pairs(torch.randn(channels, H, N2, dtype=torch.complex64)))
