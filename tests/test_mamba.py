@@ -157,8 +157,8 @@ def test_cli_learns_selective_copying(tmp_path, model):
     """The defining property: content-based selection. A small selective-copying task (8 symbols among
     noise) is learned well above chance (1/8)."""
     small = ["model.mixer.headdim=32", "model.mixer.d_state=16"] if model == "mamba2" else []
-    result = train(tmp_path / "run", f"model={model}", "task=selective_copy", "task.seq_len=64", "task.n_copy=4",
-                   "task.n_train=4096", "task.n_val=256", "task.n_test=256", "model.d_model=64",
-                   "trainer.max_epochs=4", "optimizer.lr=0.003", *small)
+    result = train(tmp_path / "run", f"model={model}", "task=selective_copy", "task.seq_len=32", "task.n_copy=4",
+                   "task.n_train=2048", "task.n_val=256", "task.n_test=256", "model.d_model=64",
+                   "trainer.max_epochs=6", "optimizer.lr=0.005", *small)
     assert result["status"] == "completed"
     assert result["metrics"]["test/acc"] > 0.5
