@@ -3,6 +3,8 @@ model configs, resolves, builds its model, and says where each of its numbers co
 
 Parametrized over the files, so a new recipe is covered as soon as it exists (no training, no data)."""
 
+import copy
+import functools
 import math
 import re
 
@@ -20,14 +22,19 @@ SCALAR_LINE = re.compile(r"^\s*[A-Za-z_][\w.]*:\s*[^\s#{\[][^#]*$")  # `key: val
 
 
 def compose_recipe(name: str, *overrides: str):
+    """The composed recipe (with its hydra node), a fresh copy each call: composed once per arguments."""
+    return copy.deepcopy(_composed(name, overrides))
+
+
+@functools.lru_cache(maxsize=None)
+def _composed(name: str, overrides: tuple[str, ...]):
     register_resolvers()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            cfg = compose("config", [f"experiment={name}", *overrides], return_hydra_config=True)
+            return compose("config", [f"experiment={name}", *overrides], return_hydra_config=True)
     finally:
         GlobalHydra.instance().clear()
-    return cfg
 
 
 @pytest.mark.parametrize("name", RECIPES)
