@@ -21,7 +21,8 @@ import argparse
 
 import torch
 
-from measure import cpu_peak_bytes_here, cpu_peak_bytes_in_fresh_process, cuda_peak_bytes, timed
+from measure import (cpu_peak_bytes_here, cpu_peak_bytes_in_fresh_process, cuda_peak_bytes, fwd_bwd_with_state,
+                     timed, use_device_and_threads)
 from ssmbench.core.delta_rule import delta_rule_chunkwise, delta_rule_reference
 
 B, H, D = 4, 4, 64
@@ -35,14 +36,6 @@ def inputs(length: int, dtype: torch.dtype, device: str, seed: int = 0) -> list[
     v = torch.randn(B, H, length, D, generator=g)
     beta = torch.sigmoid(torch.randn(B, H, length, generator=g))
     return [t.to(device=device, dtype=dtype) for t in (q, k, v, beta)]
-
-
-def fwd_bwd(fn, tensors: list[torch.Tensor]) -> torch.Tensor:
-    """o, S = fn(q, k, v, beta); backward of sum(o) + sum(S) into fresh leaves; returns o."""
-    leaves = [t.detach().requires_grad_() for t in tensors]
-    o, S = fn(*leaves)
-    (o.float().sum() + S.sum()).backward()
-    return o.detach()
 
 
 def methods() -> dict:
@@ -62,10 +55,7 @@ def main() -> None:
                         help="input dtype (the rule accumulates in float32 either way)")
     parser.add_argument("--peak-of", nargs=2, metavar=("L", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_device_and_threads(args.device, args.threads)
     dtype = getattr(torch, args.dtype)
     lengths = [512, 2048] if args.quick else [512, 2048, 8192]
     repeat = 1 if args.quick else args.repeat
@@ -73,7 +63,7 @@ def main() -> None:
     if args.peak_of:
         length, label = int(args.peak_of[0]), args.peak_of[1]
         fn, tensors = methods()[label], inputs(length, dtype, "cpu")
-        print(cpu_peak_bytes_here(lambda: fwd_bwd(fn, tensors)))
+        print(cpu_peak_bytes_here(lambda: fwd_bwd_with_state(fn, tensors)))
         return
     peak_options = ["--dtype", args.dtype] + (["--threads", str(args.threads)] if args.threads else [])
     print(f"delta rule forward+backward, B={B}, H={H}, Dk=Dv={D}, {args.dtype}; {name}; torch {torch.__version__}")
@@ -84,12 +74,12 @@ def main() -> None:
         tensors = inputs(length, dtype, args.device)
         base_wall = reference = None
         for label, fn in methods().items():
-            wall, cpu = timed(lambda: fwd_bwd(fn, tensors), args.device, repeat)
-            o = fwd_bwd(fn, tensors).float()
+            wall, cpu = timed(lambda: fwd_bwd_with_state(fn, tensors), args.device, repeat)
+            o = fwd_bwd_with_state(fn, tensors).float()
             if reference is None:
                 base_wall, reference = wall, o
             if args.device == "cuda":
-                peak = cuda_peak_bytes(lambda: fwd_bwd(fn, tensors))
+                peak = cuda_peak_bytes(lambda: fwd_bwd_with_state(fn, tensors))
             else:
                 peak = cpu_peak_bytes_in_fresh_process(__file__, [str(length), label, *peak_options])
             err = float((o - reference).abs().max() / reference.abs().max())

@@ -23,6 +23,13 @@ forward + backward of the benchmark's own inputs and loss (its return value is i
                                  number on the last line it prints; the script's hidden --peak-of option
                                  builds its inputs and prints cpu_peak_bytes_here of the method named.
 
+Two helpers every script needs besides:
+
+    use_device_and_threads(device, threads)  SystemExit if device is cuda and none is present; else
+                                             torch.set_num_threads(threads) when threads is given.
+    fwd_bwd_with_state(fn, tensors)          out, state = fn(*leaves) on fresh leaves of `tensors`,
+                                             backward of sum(out) + sum(state); returns out (detached).
+
 The benchmarks are run as `python benchmarks/<name>.py`, which puts this folder on sys.path, so they
 import this module as `measure`.
 """
@@ -102,3 +109,19 @@ def cpu_peak_bytes_in_fresh_process(script: str, args: list[str]) -> float:
     command = [sys.executable, script, "--peak-of", *args]
     proc = subprocess.run(command, capture_output=True, text=True, check=True)
     return float(proc.stdout.strip().splitlines()[-1])
+
+
+def use_device_and_threads(device: str, threads: int | None) -> None:
+    """Stop with one line if `device` is cuda and no CUDA device is present; set the CPU thread count."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def fwd_bwd_with_state(fn, tensors: list[torch.Tensor]) -> torch.Tensor:
+    """out, state = fn(*leaves) on fresh leaves of `tensors`; backward of sum(out) + sum(state); returns out."""
+    leaves = [t.detach().requires_grad_() for t in tensors]
+    out, state = fn(*leaves)
+    (out.float().sum() + state.sum()).backward()
+    return out.detach()

@@ -99,10 +99,7 @@ def main() -> None:
     parser.add_argument("--chunks", default="", help="comma-separated chunk lengths to time as well, e.g. 4,8,16,sqrt")
     args = parser.parse_args()
     chunks = [c for c in args.chunks.split(",") if c]
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    measure.use_device_and_threads(args.device, args.threads)
     lengths = [1024, 4096] if args.quick else [1024, 4096, 16384]
     repeat = 1 if args.quick else args.repeat
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"

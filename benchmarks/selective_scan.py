@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from measure import cpu_peak_bytes_here, cpu_peak_bytes_in_fresh_process, cuda_peak_bytes, timed
+from measure import cpu_peak_bytes_here, cpu_peak_bytes_in_fresh_process, cuda_peak_bytes, timed, use_device_and_threads
 from ssmbench.core import selective_scan as ss
 from ssmbench.core.selective_scan import selective_scan, selective_scan_reference
 
@@ -85,10 +85,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=None, help="steps per chunk (default: ~sqrt(L / 3))")
     parser.add_argument("--peak-of", nargs=2, metavar=("L", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_device_and_threads(args.device, args.threads)
     table = methods(args.chunk)
     if args.peak_of:
         length, label = int(args.peak_of[0]), args.peak_of[1]

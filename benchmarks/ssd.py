@@ -24,7 +24,8 @@ import math
 
 import torch
 
-from measure import cpu_peak_bytes_here, cpu_peak_bytes_in_fresh_process, cuda_peak_bytes, timed
+from measure import (cpu_peak_bytes_here, cpu_peak_bytes_in_fresh_process, cuda_peak_bytes, fwd_bwd_with_state,
+                     timed, use_device_and_threads)
 from ssmbench.core.ssd import ssd_chunkwise, ssd_recurrent
 
 BT, H, P, N, G = 4, 8, 64, 64, 1
@@ -40,14 +41,6 @@ def inputs(length: int, dtype: torch.dtype, device: str, seed: int = 0) -> list[
     B = torch.randn(BT, length, G, N, generator=g)
     C = torch.randn(BT, length, G, N, generator=g)
     return [t.to(device=device, dtype=dtype) for t in (x, dt, A, B, C)]
-
-
-def fwd_bwd(fn, tensors: list[torch.Tensor]) -> torch.Tensor:
-    """y, S = fn(x, dt, A, B, C); backward of sum(y) + sum(S) into fresh leaves; returns y."""
-    leaves = [t.detach().requires_grad_() for t in tensors]
-    y, S = fn(*leaves)
-    (y.float().sum() + S.sum()).backward()
-    return y.detach()
 
 
 def methods() -> dict:
@@ -67,10 +60,7 @@ def main() -> None:
                         help="input dtype (SSD computes in float32 either way)")
     parser.add_argument("--peak-of", nargs=2, metavar=("L", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_device_and_threads(args.device, args.threads)
     dtype = getattr(torch, args.dtype)
     lengths = [512, 2048] if args.quick else [2048, 8192]
     repeat = 1 if args.quick else args.repeat
@@ -78,7 +68,7 @@ def main() -> None:
     if args.peak_of:
         length, label = int(args.peak_of[0]), args.peak_of[1]
         fn, tensors = methods()[label], inputs(length, dtype, "cpu")
-        print(cpu_peak_bytes_here(lambda: fwd_bwd(fn, tensors)))
+        print(cpu_peak_bytes_here(lambda: fwd_bwd_with_state(fn, tensors)))
         return
     peak_options = ["--dtype", args.dtype] + (["--threads", str(args.threads)] if args.threads else [])
     print(f"SSD forward+backward, Bt={BT}, H={H}, P={P}, N={N}, G={G}, {args.dtype}; {name}; torch {torch.__version__}")
@@ -91,13 +81,13 @@ def main() -> None:
         for label, fn in methods().items():
             once_only = label == "recurrent" and length == max(lengths) and not args.quick
             last = {}
-            wall, cpu = timed(lambda: last.update(y=fwd_bwd(fn, tensors)), args.device,
+            wall, cpu = timed(lambda: last.update(y=fwd_bwd_with_state(fn, tensors)), args.device,
                               1 if once_only else repeat, warmup=not once_only)
             y = last.pop("y").float()
             if reference is None:
                 base_wall, reference = wall, y
             if args.device == "cuda":
-                peak = cuda_peak_bytes(lambda: fwd_bwd(fn, tensors))
+                peak = cuda_peak_bytes(lambda: fwd_bwd_with_state(fn, tensors))
             else:
                 peak = cpu_peak_bytes_in_fresh_process(__file__, [str(length), label, *peak_options])
             err = float((y - reference).abs().max() / reference.abs().max())
