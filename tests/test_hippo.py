@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ssmbench.core.hippo import MEASURES, dplr, hippo_fout, hippo_legs, hippo_legt, nplr
+from ssmbench.core.hippo import MEASURES, dplr, hippo_fout, hippo_legs, hippo_legt, hippo_normal, nplr
 
 SIZES = (4, 16, 64)
 
@@ -108,3 +108,52 @@ def test_bad_arguments():
         dplr("legs", 5)
     with pytest.raises(ValueError, match="positive integer"):
         hippo_legs(0)
+
+
+def _legs_normal_part(b):
+    A, P, _ = nplr("legs", b)
+    return A + P.T @ P
+
+
+@pytest.mark.parametrize("N, blocks", [(2, 1), (16, 1), (64, 1), (16, 4), (48, 3), (64, 32)])
+def test_hippo_normal_diagonalizes_the_block_diagonal_normal_part(N, blocks):
+    Lambda, V = hippo_normal(N, blocks)
+    assert Lambda.shape == (N // 2,) and V.shape == (N, N // 2) and V.dtype == torch.complex128
+    S = torch.block_diag(*[_legs_normal_part(N // blocks)] * blocks)
+    torch.testing.assert_close(2 * (V @ torch.diag(Lambda) @ V.conj().T).real, S, rtol=0, atol=1e-9 * S.abs().max())
+    torch.testing.assert_close(V.conj().T @ V, torch.eye(N // 2, dtype=torch.complex128), rtol=0, atol=1e-10)
+    assert (V.T @ V).abs().max() < 1e-10
+    torch.testing.assert_close(Lambda.real, torch.full((N // 2,), -0.5, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert (Lambda.imag > 0).all()
+    # the eigenvalues of the dense matrix: those of one block, each `blocks` times, and their conjugates
+    eig = torch.linalg.eigvals(S)
+    assert (eig.real + 0.5).abs().max() < 1e-9
+    expected = torch.cat([Lambda, Lambda.conj()]).imag.sort().values
+    torch.testing.assert_close(eig.imag.sort().values, expected, rtol=0, atol=1e-9 * S.abs().max())
+
+
+def test_hippo_normal_blocks_are_copies_on_the_diagonal():
+    Lambda, V = hippo_normal(24, 3)
+    single_Lambda, single_V = hippo_normal(8)
+    for j in range(3):
+        rows, cols = slice(8 * j, 8 * j + 8), slice(4 * j, 4 * j + 4)
+        torch.testing.assert_close(V[rows, cols], single_V, rtol=0, atol=0)
+        torch.testing.assert_close(Lambda[cols], single_Lambda, rtol=0, atol=0)
+        outside = V[rows].clone()
+        outside[:, cols] = 0
+        assert outside.abs().max() == 0
+
+
+def test_hippo_normal_maps_real_matrices_into_the_eigenbasis_and_back():
+    Lambda, V = hippo_normal(12, 2)
+    B = torch.randn(12, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(2 * (V @ (V.conj().T @ B.to(V.dtype))).real, B, rtol=0, atol=1e-12)
+
+
+def test_hippo_normal_bad_blocks():
+    with pytest.raises(ValueError, match="blocks=3 must divide N=16"):
+        hippo_normal(16, 3)
+    with pytest.raises(ValueError, match="blocks of even size"):
+        hippo_normal(12, 4)
+    with pytest.raises(ValueError, match="positive integer"):
+        hippo_normal(0)

@@ -21,6 +21,9 @@ Low-rank corrections (P has one row per rank, shape (r, N)):
            fout  r = 1, P = b, c = 0
     dplr:  A = V (diag(Lambda) - P P^*) V^* with V unitary, from the eigendecomposition of S
            computed with a Hermitian eigensolver on -i (S - c I).
+
+HiPPO-N (S5, Smith et al. 2023): the normal part S of legs alone, diagonalized (`hippo_normal`),
+optionally as a block-diagonal matrix of J copies of the HiPPO-N of size N/J.
 """
 
 from __future__ import annotations
@@ -142,3 +145,23 @@ def dplr(
     Lambda = torch.complex(torch.full_like(omega, float(c)), omega)
     Vh = V.conj().T
     return Lambda, P.to(torch.complex128) @ Vh.T, Vh @ B.to(torch.complex128), V
+
+
+def hippo_normal(N: int, blocks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """HiPPO-N diagonalized, one eigenvalue of each conjugate pair: (Lambda (N/2,), V (N, N/2)) complex128.
+
+    S_b = A + P^T P (b = N / blocks) is the normal part of HiPPO-LegS of size b (`nplr("legs", b)`),
+    S = block_diag(S_b, ..., S_b) (N, N) with `blocks` copies (S5's J; blocks=1: S = S_b), and
+
+        S = V diag(Lambda) V^* + conj(V) diag(conj(Lambda)) V^T = 2 Re(V diag(Lambda) V^*),
+        Re(Lambda) = -1/2, Im(Lambda) >= 0, V^* V = I, V^T V = 0 (V block-diagonal, (b, b/2) blocks),
+
+    so [V, conj(V)] is unitary and V^* maps a real input matrix B (N, H) into the eigenbasis, B~ = V^* B
+    (N/2, H), while a real output matrix C (H, N) becomes C~ = C V (H, N/2). b must be even.
+    """
+    _check_size(N)
+    if not isinstance(blocks, int) or blocks < 1 or N % blocks or (N // blocks) % 2:
+        raise ValueError(f"hippo_normal: blocks={blocks!r} must divide N={N} into blocks of even size "
+                         f"(N/blocks conjugate pairs per block); choose N a multiple of 2 x blocks")
+    Lambda, _, _, V = dplr("legs", N // blocks)
+    return Lambda.repeat(blocks), torch.block_diag(*[V] * blocks)
