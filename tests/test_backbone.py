@@ -76,7 +76,7 @@ def test_mean_pooling_ignores_padding_and_last_pooling_takes_last_valid():
 
 @pytest.mark.parametrize("norm", ["layer", "batch", "rms"])
 @pytest.mark.parametrize("prenorm", [True, False])
-@pytest.mark.parametrize("ff", ["none", "mlp", "glu", "swiglu"])
+@pytest.mark.parametrize("ff", ["none", "mlp", "glu", "swiglu", "geglu"])
 def test_block_variants_run_and_train(norm, prenorm, ff):
     m = model(norm=norm, prenorm=prenorm, ff=ff).train()
     loss = m(torch.randint(0, 11, (4, 12))).logsumexp(-1).mean()
@@ -126,7 +126,10 @@ def test_feedforward_variants_compute_their_formulas():
     x = torch.randn(2, 5, 8)
     for kind, act in (("mlp", torch.nn.functional.gelu),
                       ("glu", lambda h: h[..., :16] * torch.sigmoid(h[..., 16:])),
-                      ("swiglu", lambda h: torch.nn.functional.silu(h[..., :16]) * h[..., 16:])):
+                      ("swiglu", lambda h: torch.nn.functional.silu(h[..., :16]) * h[..., 16:]),
+                      ("geglu", lambda h: 0.5 * h[..., :16] * (1 + torch.tanh(
+                          (2 / torch.pi) ** 0.5 * (h[..., :16] + 0.044715 * h[..., :16] ** 3))) * h[..., 16:])):
         ff = FeedForward(kind, d_model=8, expand=2, dropout=0.0)
         torch.testing.assert_close(ff(x), ff.out(act(ff.inp(x))), msg=kind)
     assert FeedForward("swiglu", 8, 2, 0.0).inp.out_features == 32
+    assert FeedForward("geglu", 8, 2, 0.0).inp.out_features == 32

@@ -19,6 +19,7 @@ bidirectional: the second reads the time-reversed sequence and the two outputs a
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable
 
 import torch
@@ -28,7 +29,7 @@ from torch import nn
 from ssmbench.models.dropout import SequenceDropout
 
 NORMS = ("layer", "batch", "rms")
-FEEDFORWARDS = ("none", "mlp", "glu", "swiglu")
+FEEDFORWARDS = ("none", "mlp", "glu", "swiglu", "geglu")
 POOLS = ("mean", "last")
 POSITIONALS = ("none", "sinusoidal", "learned")
 DECODERS = ("linear", "mlp")
@@ -59,24 +60,31 @@ class SequenceNorm(nn.Module):
         return self.norm(x)
 
 
-class SwiGLU(nn.Module):
-    """(..., 2F) -> (..., F): silu(a) * b for [a, b] = h split in halves along the last dimension."""
+class GatedActivation(nn.Module):
+    """(..., 2F) -> (..., F): act(a) * b for [a, b] = h split in halves along the last dimension;
+    act = silu (SwiGLU) or the tanh-approximated gelu (GeGLU, Griffin's MLP)."""
+
+    def __init__(self, act: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.act = act
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         a, b = h.chunk(2, dim=-1)
-        return F.silu(a) * b
+        return self.act(a) * b
 
 
 class FeedForward(nn.Module):
     """Position-wise, hidden width F = expand * D:
-    mlp: W2 gelu(W1 x);  glu: W2 (W1a x * sigmoid(W1b x));  swiglu: W2 (silu(W1a x) * W1b x)."""
+    mlp: W2 gelu(W1 x);  glu: W2 (W1a x * sigmoid(W1b x));  swiglu: W2 (silu(W1a x) * W1b x);
+    geglu: W2 (gelu_tanh(W1a x) * W1b x)."""
 
     def __init__(self, kind: str, d_model: int, expand: int, dropout: float, tie_dropout: bool = False):
         super().__init__()
-        gated = kind in ("glu", "swiglu")
+        gated = kind in ("glu", "swiglu", "geglu")
         hidden = expand * d_model
         self.inp = nn.Linear(d_model, 2 * hidden if gated else hidden)
-        self.act = {"mlp": nn.GELU(), "glu": nn.GLU(dim=-1), "swiglu": SwiGLU()}[kind]
+        self.act = {"mlp": nn.GELU(), "glu": nn.GLU(dim=-1), "swiglu": GatedActivation(F.silu),
+                    "geglu": GatedActivation(partial(F.gelu, approximate="tanh"))}[kind]
         self.drop = SequenceDropout(dropout, tie_dropout)
         self.out = nn.Linear(hidden, d_model)
 

@@ -3,7 +3,8 @@ recurrence:
 
     y_t = silu(sum_{j<K} w_j x_{t-K+1+j} + b)       per channel, x_{t} = 0 for t < 0      (B, L, C) -> (B, L, C)
 
-`step()` runs it one token at a time on a state holding the last K - 1 inputs.
+silu=False leaves out the activation (Griffin/Hawk's Conv1D has none). `step()` runs it one token at a
+time on a state holding the last K - 1 inputs.
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ from torch import nn
 
 
 class ShortConv(nn.Module):
-    def __init__(self, channels: int, kernel_size: int, bias: bool = False):
+    def __init__(self, channels: int, kernel_size: int, bias: bool = False, silu: bool = True):
         super().__init__()
         self.kernel_size = kernel_size
+        self.silu = silu
         self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=bias)
+
+    def _act(self, y: torch.Tensor) -> torch.Tensor:
+        return F.silu(y) if self.silu else y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, C) -> (B, L, C), zeros before the first input."""
         x = F.pad(x.transpose(1, 2), (self.kernel_size - 1, 0))
-        return F.silu(self.conv(x)).transpose(1, 2)
+        return self._act(self.conv(x)).transpose(1, 2)
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
         """The last K - 1 inputs, all zero: (B, C, K - 1)."""
@@ -34,4 +39,4 @@ class ShortConv(nn.Module):
         y_t = (window * self.conv.weight[:, 0]).sum(-1)
         if self.conv.bias is not None:
             y_t = y_t + self.conv.bias
-        return F.silu(y_t), window[..., 1:]
+        return self._act(y_t), window[..., 1:]
