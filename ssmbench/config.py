@@ -33,14 +33,17 @@ def config_groups(root: Path | None = None) -> dict[str, list[str]]:
 
 
 def register_resolvers() -> None:
-    """`${add:a,b,...}` and `${mul:a,b,...}`: the sum and the product of numbers, for task metadata
-    derived from other keys (vocab_size = n_symbols + 2, seq_len = resolution * resolution).
+    """`${add:a,b,...}` and `${mul:a,b,...}`: the sum and the product of numbers, and `${factorial:n}`, n!, for
+    task metadata derived from other keys (vocab_size = n_symbols + 2, seq_len = resolution * resolution,
+    the n! permutations of the word problem).
     `${unique:}`: 6 random hex digits, drawn once per config (cached like Hydra's `${now:}`, whose cache a
     multirun copies to every job), that make run directories started in the same second distinct."""
     if not OmegaConf.has_resolver("add"):
         OmegaConf.register_new_resolver("add", lambda *xs: sum(xs))
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", lambda *xs: math.prod(xs))
+    if not OmegaConf.has_resolver("factorial"):
+        OmegaConf.register_new_resolver("factorial", math.factorial)
     if not OmegaConf.has_resolver("unique"):
         OmegaConf.register_new_resolver("unique", lambda: secrets.token_hex(3), use_cache=True)
 

@@ -1,0 +1,78 @@
+"""State tracking with a label at every position: what the parity, modular_sum and permutation tasks share.
+
+A task is a finite group G whose elements are the tokens 0 .. |G| - 1 (token 0 is the identity). One
+example of length l <= L = seq_len:
+
+    x = g_1 g_2 .. g_l  0 .. 0          g_t drawn uniformly from G
+    y = s_1 s_2 .. s_l  ignore ..       s_t = g_1 * g_2 * ... * g_t, the state after t tokens
+
+Positions past l hold token 0 (the identity, so even a model that read them would see the state unchanged)
+and IGNORE_INDEX labels; `lengths` (N,) records l. Each split draws its lengths uniformly from its own range
+[shortest, longest] (train_lengths for training, eval_lengths for validation and test; null means every
+example is seq_len long), so a run can train on short sequences and test on long ones, as the papers do.
+Chance accuracy is 1 / |G| per position. Train, validation and test sets are drawn one after another from
+one generator seeded by `seed`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import TensorDataset
+
+from ssmbench.data.base import IGNORE_INDEX, SequenceDataModule
+from ssmbench.data.synthetic import draw_splits
+
+
+def length_range(lengths: Sequence[int] | None, seq_len: int, where: str) -> tuple[int, int]:
+    """(shortest, longest) from a [shortest, longest] pair, or (seq_len, seq_len) for None; `where` names the
+    option in the error."""
+    if lengths is None:
+        return seq_len, seq_len
+    pair = tuple(int(v) for v in lengths)
+    if len(pair) != 2 or not 1 <= pair[0] <= pair[1] <= seq_len:
+        raise ValueError(f"{where}={list(lengths)} must be [shortest, longest] with "
+                         f"1 <= shortest <= longest <= seq_len = {seq_len}")
+    return pair
+
+
+def state_tracking_examples(
+    n: int, seq_len: int, n_tokens: int, lengths: tuple[int, int],
+    running_state: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n examples (see the module docstring): x (n, seq_len) int64 tokens uniform in [0, n_tokens), y (n, seq_len)
+    int64 labels running_state(x) (the state after each token, (n, L) -> (n, L)) and lengths (n,) int64 uniform
+    in [lengths[0], lengths[1]]; past its length an example holds token 0 and IGNORE_INDEX labels.
+    The tokens are drawn before the lengths."""
+    x = torch.randint(0, n_tokens, (n, seq_len), generator=generator)
+    length = torch.randint(lengths[0], lengths[1] + 1, (n,), generator=generator)
+    y = running_state(x)
+    past_end = torch.arange(seq_len)[None, :] >= length[:, None]
+    x[past_end] = 0
+    y[past_end] = IGNORE_INDEX
+    return x, y, length
+
+
+class StateTrackingDataModule(SequenceDataModule):
+    """A state-tracking task: subclasses define `running_state` (tokens (N, L) -> states (N, L)) and check that
+    vocab_size and n_classes match their group."""
+
+    def __init__(self, *, n_train: int = 10000, n_val: int = 1000, n_test: int = 1000,
+                 train_lengths: Sequence[int] | None = None, eval_lengths: Sequence[int] | None = None, **metadata):
+        super().__init__(**metadata)
+        if self.seq_len < 1:
+            raise ValueError(f"task {self.name}: seq_len={self.seq_len} must be at least 1")
+        self.train_lengths = length_range(train_lengths, self.seq_len, f"task {self.name}: train_lengths")
+        self.eval_lengths = length_range(eval_lengths, self.seq_len, f"task {self.name}: eval_lengths")
+        self.sizes = (n_train, n_val, n_test)
+
+    def running_state(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, L) tokens -> (N, L) int64: the state after each token."""
+        raise NotImplementedError(f"{type(self).__name__} must implement running_state()")
+
+    def load_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+        # draw_splits draws the splits in order (train, val, test), so each takes the next length range.
+        ranges = iter((self.train_lengths, self.eval_lengths, self.eval_lengths))
+        return draw_splits(self.sizes, self.seed, lambda n, g: state_tracking_examples(
+            n, self.seq_len, self.vocab_size, next(ranges), self.running_state, g))
