@@ -1,0 +1,124 @@
+"""minGRU and minLSTM (Feng et al., "Were RNNs All We Needed?", 2024), as mixers of the shared backbone.
+
+Both are GRU / LSTM cells whose gates and candidate read only the input x_t, never h_{t-1}, so the
+recurrence is linear in h and runs in parallel over L. With k = Linear(x_t) (one projection, split):
+
+    minGRU   z_t = sigmoid(k_z),  h~_t = g(k_h),  h_t = (1 - z_t) h_{t-1} + z_t h~_t
+    minLSTM  f_t = sigmoid(k_f),  i_t = sigmoid(k_i),  f'_t = f_t / (f_t + i_t),  i'_t = i_t / (f_t + i_t),
+             h~_t = g(k_h),  h_t = f'_t h_{t-1} + i'_t h~_t
+
+    g(x) = x + 1/2 for x >= 0, sigmoid(x) for x < 0      (continuous, positive: the paper's log-space variant)
+
+h_{-1} = 0. Every coefficient is positive, so training runs the recurrence in log space with
+`ssmbench.core.scan.log_linear_scan` on (the paper's log-space appendix, computed stably):
+
+    log(1 - z) = -softplus(k_z),  log z = -softplus(-k_z),  log g(x) = log(x + 1/2) (x >= 0), -softplus(-x) (x < 0)
+    log f = -softplus(-k_f), log i = -softplus(-k_i), d = log i - log f:  log f' = -softplus(d),  log i' = -softplus(-d)
+
+and step() runs the plain recurrence h_t = a_t h_{t-1} + b_t. The state h is (B, d_hidden) with
+d_hidden = round(expand * d_model) (the paper's expansion factor); when d_hidden != d_model a
+linear layer (no bias) maps h back to d_model. The mixer output is that (or h itself).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssmbench.core.scan import log_linear_scan
+
+
+def g(x: torch.Tensor) -> torch.Tensor:
+    """g(x) = x + 1/2 (x >= 0), sigmoid(x) (x < 0): positive, continuous at 0."""
+    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+
+
+def log_g(x: torch.Tensor) -> torch.Tensor:
+    """log g(x), stably: log(x + 1/2) (x >= 0), -softplus(-x) (x < 0); both branches finite everywhere."""
+    return torch.where(x >= 0, torch.log(x.clamp_min(0) + 0.5), -F.softplus(-x))
+
+
+class _MinRNN(nn.Module):
+    """Shared parts: the input projection to `n_proj` blocks of d_hidden, the scan, the output map.
+
+    A subclass defines, from the projection k: (..., n_proj * d_hidden), the coefficients of
+    h_t = a_t h_{t-1} + b_t: log_coefficients(k) -> (log a, log b) for forward, coefficients(k) -> (a, b)
+    (the plain equations) for step.
+    """
+
+    causal = True
+    n_proj: int
+    name: str
+
+    def __init__(self, d_model: int, expand: float = 1.0):
+        super().__init__()
+        d_hidden = round(expand * d_model)
+        if d_hidden < 1:
+            raise ValueError(f"{self.name}: expand={expand} gives d_hidden = {d_hidden}; give an expand with "
+                             f"round(expand * d_model) >= 1")
+        self.d_hidden = d_hidden
+        self.proj = nn.Linear(d_model, self.n_proj * d_hidden)
+        self.out = nn.Linear(d_hidden, d_model, bias=False) if d_hidden != d_model else None
+
+    def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """float64 for float64 input, else float32 (log space in half precision is too coarse)."""
+        return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+    def _readout(self, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        h = h.to(dtype)
+        return h if self.out is None else self.out(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D), from h_{-1} = 0."""
+        log_a, log_b = self.log_coefficients(self.proj(x).to(self._compute_dtype(x)))
+        return self._readout(torch.exp(log_linear_scan(log_a, log_b)), x.dtype)
+
+    def initial_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
+        """h_{-1} = 0: (B, d_hidden), float64 for dtype float64, else float32."""
+        real = torch.float64 if dtype == torch.float64 else torch.float32
+        return torch.zeros(batch_size, self.d_hidden, dtype=real,
+                           device=device if device is not None else self.proj.weight.device)
+
+    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t (B, D), state h_{t-1} (B, d_hidden) -> (y_t (B, D), h_t): forward() one position at a time."""
+        a, b = self.coefficients(self.proj(x_t).to(self._compute_dtype(x_t)))
+        h = a * state.to(a.dtype) + b
+        return self._readout(h, x_t.dtype), h
+
+
+class MinGRUMixer(_MinRNN):
+    """minGRU (module docstring): (B, L, D) -> (B, L, D), state h (B, d_hidden)."""
+
+    n_proj = 2
+    name = "mingru"
+
+    def log_coefficients(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log(1 - z), log z + log g(k_h)."""
+        k_z, k_h = k.chunk(2, dim=-1)
+        return -F.softplus(k_z), -F.softplus(-k_z) + log_g(k_h)
+
+    def coefficients(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """1 - z, z g(k_h)."""
+        k_z, k_h = k.chunk(2, dim=-1)
+        z = torch.sigmoid(k_z)
+        return 1 - z, z * g(k_h)
+
+
+class MinLSTMMixer(_MinRNN):
+    """minLSTM (module docstring): (B, L, D) -> (B, L, D), state h (B, d_hidden)."""
+
+    n_proj = 3
+    name = "minlstm"
+
+    def log_coefficients(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log f', log i' + log g(k_h)."""
+        k_f, k_i, k_h = k.chunk(3, dim=-1)
+        d = F.softplus(-k_f) - F.softplus(-k_i)  # log i - log f
+        return -F.softplus(d), -F.softplus(-d) + log_g(k_h)
+
+    def coefficients(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f', i' g(k_h)."""
+        k_f, k_i, k_h = k.chunk(3, dim=-1)
+        f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
+        return f / (f + i), i / (f + i) * g(k_h)
