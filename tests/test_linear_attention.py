@@ -151,6 +151,19 @@ def test_half_precision_inputs_accumulate_in_float32(fn, dtype):
     assert den.dtype == dtype and z.dtype == torch.float32
 
 
+@pytest.mark.parametrize("fn", [linear_attention_recurrent, linear_attention_chunkwise])
+def test_autocast_does_not_lower_the_precision(fn):
+    """Under bfloat16 autocast the products still run in float32 (bfloat16 matmuls would give ~1e-3)."""
+    q, k, v = plain_inputs(96, torch.float32)
+    expect, S_expect = linear_attention_recurrent(q.double(), k.double(), v.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o, S = fn(q, k, v)
+        den, _ = linear_attention_normalizer(q, k)
+    assert o.dtype == S.dtype == den.dtype == torch.float32
+    assert rel_err(o.double(), expect) < 1e-5 and rel_err(S.double(), S_expect) < 1e-5
+    assert rel_err(den.double(), linear_attention_normalizer_reference(q.double(), k.double())[0]) < 1e-5
+
+
 def test_bad_shapes_and_chunk_sizes_are_clear_errors():
     q, k, v = plain_inputs(10, torch.float32)
     with pytest.raises(ValueError, match="q and k"):

@@ -58,7 +58,7 @@ def test_output_at_t_does_not_depend_on_later_inputs(use_short_conv):
 
 
 @pytest.mark.parametrize("feature_map", ["elu1", "relu", "identity"])
-def test_features_are_the_feature_map_of_the_activations_and_q_is_scaled(feature_map):
+def test_features_are_the_feature_map_of_the_projections_and_q_is_scaled(feature_map):
     torch.manual_seed(0)
     mixer = LinearAttentionMixer(d_model=24, num_heads=3, expand_k=2.0, expand_v=0.5, feature_map=feature_map,
                                  use_short_conv=False)
@@ -66,7 +66,7 @@ def test_features_are_the_feature_map_of_the_activations_and_q_is_scaled(feature
     q, k, v = mixer.features(x)
     assert q.shape == k.shape == (2, 3, 10, 16) and v.shape == (2, 3, 10, 4)
     phi = {"elu1": lambda t: torch.nn.functional.elu(t) + 1, "relu": torch.relu, "identity": lambda t: t}[feature_map]
-    heads = lambda t, d: torch.nn.functional.silu(t).view(2, 10, 3, d).transpose(1, 2)
+    heads = lambda t, d: t.view(2, 10, 3, d).transpose(1, 2)
     torch.testing.assert_close(k, phi(heads(mixer.k_proj(x), 16)))
     torch.testing.assert_close(q, phi(heads(mixer.q_proj(x), 16)) / 4)
     torch.testing.assert_close(v, heads(mixer.v_proj(x), 4))
@@ -153,9 +153,8 @@ def test_config_builds_the_block_and_short_conv_is_one_override():
 
 @pytest.mark.slow
 def test_train_on_copy_learns(tmp_path, monkeypatch):
-    """128 steps of a small model; it reaches 0.96, 0.84, 0.97 test accuracy (seeds 1, 2, 3; chance is 1/8).
-    Without the short convolution (model.mixer.use_short_conv=false) the same runs reach 0.41, 0.42 (seeds 1, 2).
-    lr 1e-2: at DeltaNet's 3e-3 two epochs reach only 0.44 (seeds 1, 2).
+    """128 steps of a small model; it reaches 0.994, 0.995 test accuracy (seeds 1, 2; chance is 1/8; ~15 s).
+    Without the short convolution (model.mixer.use_short_conv=false) the same run reaches 0.42 (seed 1).
 
     One intra-op thread, as tests/test_deltanet.py::test_train_on_copy_learns."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -163,4 +162,4 @@ def test_train_on_copy_learns(tmp_path, monkeypatch):
                     "task.seq_len=32", "task.n_copy=4", "task.n_train=2048", "task.n_val=256", "task.n_test=256",
                     "task.batch_size=32", "trainer.max_epochs=2", "optimizer.lr=1e-2", "print_config=false")
     assert results["status"] == "completed"
-    assert results["metrics"]["test/acc"] > 0.6
+    assert results["metrics"]["test/acc"] > 0.85

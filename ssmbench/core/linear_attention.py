@@ -16,10 +16,21 @@ outputs (o, den) come back in the input dtype (that of q), final states (S, z) i
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
-from ssmbench.core.precision import compute_dtype
+from ssmbench.core.precision import compute_dtype, no_autocast
+
+
+def _autocast_off(fn):
+    """Run `fn(q, ...)` with autocast off on q's device, so that its products run in the computation dtype."""
+    @functools.wraps(fn)
+    def wrapper(q: torch.Tensor, *args, **kwargs):
+        with no_autocast(q.device):
+            return fn(q, *args, **kwargs)
+    return wrapper
 
 
 def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
@@ -50,6 +61,7 @@ def _initial(initial: torch.Tensor | None, shape: tuple[int, ...], like: torch.T
     return initial.to(dtype)
 
 
+@_autocast_off
 def linear_attention_recurrent(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -74,6 +86,7 @@ def linear_attention_recurrent(
     return torch.stack(outputs, dim=2).to(out_dtype), S
 
 
+@_autocast_off
 def linear_attention_chunkwise(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -121,6 +134,7 @@ def _check_z(q: torch.Tensor, initial_z: torch.Tensor | None) -> None:
         )
 
 
+@_autocast_off
 def linear_attention_normalizer_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -145,6 +159,7 @@ def linear_attention_normalizer_reference(
     return torch.stack(dens, dim=2).to(out_dtype), z
 
 
+@_autocast_off
 def linear_attention_normalizer(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -1,8 +1,8 @@
 """Causal linear attention mixer (Katharopoulos et al. 2020, "Transformers are RNNs"): multi-head
 attention with the softmax replaced by a feature map, run as a recurrence over a (Dk, Dv) state.
 
-    q, k, v = a(x W_q), a(x W_k), a(x W_v)      a = short causal depthwise conv (kernel conv_size) + SiLU,
-                                                 or SiLU alone with use_short_conv=false (as DeltaNet)
+    q, k, v = c(x W_q), c(x W_k), c(x W_v)      c = short causal depthwise conv (kernel conv_size, no
+                                                 activation), or the identity with use_short_conv=false
     q, k    = phi(q) Dk^-1/2, phi(k) per head    phi = feature_map: elu1 (elu(x) + 1), relu or identity
     S_t = S_{t-1} + k_t v_t^T,   o_t = S_t^T q_t                         (ssmbench.core.linear_attention)
     normalize=true:   o_t <- o_t / (q_t^T z_t + eps),   z_t = sum_{s<=t} k_s     (the paper's Section 3.3)
@@ -13,7 +13,8 @@ which identity features do not give (it can be zero or negative): normalize=true
 feature_map=identity is refused. relu features can give q_t^T z_t = 0, but then every q_t^T k_s is 0
 and so is o_t; eps keeps 0 / 0 at 0. The per-head RMSNorm divides o_t by a positive per-head scalar, so
 under it the normalizer changes the output only through the two eps: the paper's layer is
-normalize=true use_output_norm=false. Training runs the chunkwise form; `step()` runs the recurrence
+normalize=true use_output_norm=false use_short_conv=false (phi(x W_q), phi(x W_k), x W_v as in the paper).
+Training runs the chunkwise form; `step()` runs the recurrence
 one token at a time (state S, the key sum z when normalizing, the short convolutions' last inputs).
 """
 
@@ -75,8 +76,8 @@ class LinearAttentionMixer(nn.Module):
         self.k_proj = nn.Linear(d_model, key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, value_dim, bias=False)
         self.convs = (
-            nn.ModuleDict({"q": ShortConv(key_dim, conv_size), "k": ShortConv(key_dim, conv_size),
-                           "v": ShortConv(value_dim, conv_size)})
+            nn.ModuleDict({name: ShortConv(width, conv_size, silu=False)
+                           for name, width in (("q", key_dim), ("k", key_dim), ("v", value_dim))})
             if use_short_conv else None
         )
         self.o_norm = nn.RMSNorm(self.head_v, eps=norm_eps) if use_output_norm else None
@@ -100,9 +101,7 @@ class LinearAttentionMixer(nn.Module):
     def features(self, x: torch.Tensor):
         """The inputs of linear attention for a whole sequence: x (B, L, D) -> q, k, v (see `_heads`)."""
         feats = self._projections(x)
-        if self.convs is None:
-            feats = {name: F.silu(t) for name, t in feats.items()}
-        else:
+        if self.convs is not None:
             feats = {name: self.convs[name](t) for name, t in feats.items()}
         return self._heads(feats)
 
@@ -143,10 +142,8 @@ class LinearAttentionMixer(nn.Module):
         """One token by the recurrent form: x_t (B, D), state (see `initial_state`) -> (y_t (B, D), state)."""
         feats = self._projections(x_t[:, None])
         new_state = {}
-        for name, t in feats.items():
-            if self.convs is None:
-                feats[name] = F.silu(t)
-            else:
+        if self.convs is not None:
+            for name, t in feats.items():
                 y_t, new_state[f"conv_{name}"] = self.convs[name].step(t[:, 0], state[f"conv_{name}"])
                 feats[name] = y_t[:, None]
         q, k, v = self._heads(feats)
