@@ -136,9 +136,11 @@ def test_permutation_task_generates_the_word_problem():
 
 
 def test_lengths_per_split_pad_with_identity_and_ignored_labels():
-    dm = set_up(modular_dm(seq_len=20, train_lengths=[3, 10], eval_lengths=[11, 20], n_train=600, n_val=300,
+    # Validation draws its lengths like training (the best checkpoint is chosen on trained lengths); only the test
+    # split takes test_lengths.
+    dm = set_up(modular_dm(seq_len=20, train_lengths=[3, 10], test_lengths=[11, 20], n_train=600, n_val=300,
                            n_test=300))
-    for split, (lo, hi) in ((dm.train_set, (3, 10)), (dm.val_set, (11, 20)), (dm.test_set, (11, 20))):
+    for split, (lo, hi) in ((dm.train_set, (3, 10)), (dm.val_set, (3, 10)), (dm.test_set, (11, 20))):
         x, y, lengths = split.tensors
         assert x.shape == y.shape == (len(split), 20)
         assert set(lengths.tolist()) == set(range(lo, hi + 1))  # uniform over the range: every length occurs
@@ -146,6 +148,22 @@ def test_lengths_per_split_pad_with_identity_and_ignored_labels():
             assert xs[length:] == [0] * (20 - length)
             assert ys[length:] == [IGNORE_INDEX] * (20 - length)
             assert ys[:length] == [sum(xs[: t + 1]) % 5 for t in range(length)]
+
+
+@pytest.mark.parametrize("make", [modular_dm, permutation_dm])
+def test_score_from_ignores_the_early_test_labels_only(make):
+    options = dict(seq_len=12, train_lengths=[2, 5], test_lengths=[4, 12], n_train=50, n_val=30, n_test=200)
+    every, unseen = set_up(make(**options)), set_up(make(score_from=6, **options))
+    for name in ("train_set", "val_set"):  # training and validation keep every label
+        for a, b in zip(getattr(every, name).tensors, getattr(unseen, name).tensors):
+            assert torch.equal(a, b)
+    (x, y, lengths), (x6, y6, lengths6) = every.test_set.tensors, unseen.test_set.tensors
+    assert torch.equal(x, x6) and torch.equal(lengths, lengths6)  # the same examples, read in full
+    assert (y6[:, :5] == IGNORE_INDEX).all()  # s_1 .. s_5: the positions training reached
+    assert torch.equal(y6[:, 5:], y[:, 5:]) and (y[:, :4] != IGNORE_INDEX).all()  # every test length is >= 4
+    scored = (y6 != IGNORE_INDEX).sum(1)
+    assert torch.equal(scored, (lengths - 5).clamp(min=0))  # length 4 or 5: nothing left to score
+    assert scored.sum() > 0 and (scored == 0).any()
 
 
 def test_a_batch_carries_the_lengths():
@@ -179,10 +197,15 @@ def test_bad_options_raise_one_line_errors():
         (lambda: modular_dm(seq_len=0), "task modular_sum: seq_len=0 must be at least 1"),
         (lambda: modular_dm(train_lengths=[0, 5]), "train_lengths=\\[0, 5\\] must be \\[shortest, longest\\]"),
         (lambda: modular_dm(train_lengths=[6, 5]), "train_lengths=\\[6, 5\\] must be"),
-        (lambda: modular_dm(eval_lengths=[3, 13]), "eval_lengths=\\[3, 13\\] must be .* <= seq_len = 12"),
-        (lambda: modular_dm(eval_lengths=[4]), "eval_lengths=\\[4\\] must be \\[shortest, longest\\]"),
+        (lambda: modular_dm(test_lengths=[3, 13]), "test_lengths=\\[3, 13\\] must be .* <= seq_len = 12"),
+        (lambda: modular_dm(test_lengths=[4]), "test_lengths=\\[4\\] must be \\[shortest, longest\\]"),
+        (lambda: modular_dm(score_from=0), "score_from=0 must be a position in \\[1, 12\\] .*or null"),
+        (lambda: modular_dm(test_lengths=[3, 8], score_from=9), "score_from=9 must be a position in \\[1, 8\\]"),
+        (lambda: modular_dm(score_from=True), "score_from=True must be a position"),
         (lambda: permutation_dm(n_elements=1, vocab_size=1, n_classes=1),
          "task permutation: n_elements=1 must be at least 2"),
+        (lambda: permutation_dm(n_elements=9, vocab_size=362880, n_classes=362880),
+         "task permutation: n_elements=9 must be at most 8: the task has n_elements! tokens and classes, 362880 for 9"),
         (lambda: permutation_dm(n_elements=3), "must be n_elements! = 6 .*got 24 and 24; set task.vocab_size=6"),
     ]
     for make, message in cases:
@@ -218,14 +241,17 @@ def test_parity_has_no_modulus_option():
 
 
 def test_parity_config_takes_the_published_lengths():
-    # Grazzi et al. 2025: train on lengths 3..40, test on 40..256.
-    with composed("task=parity", "task.seq_len=256", "task.train_lengths=[3,40]", "task.eval_lengths=[40,256]",
-                  "task.n_train=400", "task.n_val=4", "task.n_test=400") as cfg:
+    # Grazzi et al. 2025: train on lengths 3..40, test on 40..256; the command in conf/task/parity.yaml.
+    with composed("task=parity", "task.seq_len=256", "task.train_lengths=[3,40]", "task.test_lengths=[40,256]",
+                  "task.score_from=41", "task.n_train=400", "task.n_val=400", "task.n_test=400") as cfg:
         dm = set_up(instantiate(cfg.task))
-    assert (dm.train_lengths, dm.eval_lengths) == ((3, 40), (40, 256))
-    train_lengths, test_lengths = dm.train_set.tensors[2], dm.test_set.tensors[2]
-    assert (train_lengths.min(), train_lengths.max()) == (3, 40)
+    assert (dm.train_lengths, dm.test_lengths, dm.score_from) == ((3, 40), (40, 256), 41)
+    for split in (dm.train_set, dm.val_set):
+        lengths = split.tensors[2]
+        assert (lengths.min(), lengths.max()) == (3, 40)
+    _, y, test_lengths = dm.test_set.tensors
     assert test_lengths.min() >= 40 and test_lengths.max() <= 256 and test_lengths.float().std() > 50
+    assert (y[:, :40] == IGNORE_INDEX).all() and torch.equal((y != IGNORE_INDEX).sum(1), test_lengths - 40)
 
 
 def test_smaller_permutation_group_from_the_command_line():
@@ -240,13 +266,13 @@ def test_smaller_permutation_group_from_the_command_line():
 
 @pytest.mark.slow
 def test_gru_learns_parity_and_extrapolates_to_longer_sequences(tmp_path, monkeypatch):
-    """128 steps of a small GRU trained on lengths 2..16: it labels every bit of lengths 17..32 with test accuracy
-    1.0 (seeds 0, 1, 2; 15 to 25 s; chance is 1/2). One intra-op thread, as in
-    tests/test_deltanet.py::test_train_on_copy_learns."""
+    """128 steps of a small GRU trained (and validated) on lengths 2..16: on test lengths 17..32, scored at the
+    unseen positions 17..32 only (score_from=17), its test accuracy is 1.0 (seeds 0, 1, 2; 12 to 18 s; chance is
+    1/2). One intra-op thread, as in tests/test_deltanet.py::test_train_on_copy_learns."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     results = train(tmp_path / "run", "model=gru", "task=parity", "model.d_model=32", "model.n_layers=1",
-                    "task.seq_len=32", "task.train_lengths=[2,16]", "task.eval_lengths=[17,32]", "task.n_train=1024",
-                    "task.n_val=256", "task.n_test=256", "task.batch_size=32", "trainer.max_epochs=4",
-                    "optimizer.lr=1e-2", "print_config=false")
+                    "task.seq_len=32", "task.train_lengths=[2,16]", "task.test_lengths=[17,32]", "task.score_from=17",
+                    "task.n_train=1024", "task.n_val=256", "task.n_test=256", "task.batch_size=32",
+                    "trainer.max_epochs=4", "optimizer.lr=1e-2", "print_config=false")
     assert results["status"] == "completed"
     assert results["metrics"]["test/acc"] > 0.95

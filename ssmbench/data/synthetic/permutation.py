@@ -22,6 +22,8 @@ import torch
 
 from ssmbench.data.synthetic.state_tracking import StateTrackingDataModule
 
+MAX_ELEMENTS = 8  # 8! = 40320 tokens and classes: already a large embedding and output layer
+
 
 def permutations(n_elements: int) -> torch.Tensor:
     """(n!, n) int64: row k is the k-th permutation of 0 .. n-1 in lexicographic order."""
@@ -52,6 +54,9 @@ class PermutationDataModule(StateTrackingDataModule):
         super().__init__(**options)
         if n_elements < 2:
             raise ValueError(f"task {self.name}: n_elements={n_elements} must be at least 2")
+        if n_elements > MAX_ELEMENTS:
+            raise ValueError(f"task {self.name}: n_elements={n_elements} must be at most {MAX_ELEMENTS}: the task has "
+                             f"n_elements! tokens and classes, {math.factorial(n_elements)} for {n_elements}")
         order = math.factorial(n_elements)
         if self.vocab_size != order or self.n_classes != order:
             raise ValueError(f"task {self.name}: vocab_size and n_classes must be n_elements! = {order} (one token and "

@@ -7,11 +7,13 @@ example of length l <= L = seq_len:
     y = s_1 s_2 .. s_l  ignore ..       s_t = g_1 * g_2 * ... * g_t, the state after t tokens
 
 Positions past l hold token 0 (the identity, so even a model that read them would see the state unchanged)
-and IGNORE_INDEX labels; `lengths` (N,) records l. Each split draws its lengths uniformly from its own range
-[shortest, longest] (train_lengths for training, eval_lengths for validation and test; null means every
-example is seq_len long), so a run can train on short sequences and test on long ones, as the papers do.
-Chance accuracy is 1 / |G| per position. Train, validation and test sets are drawn one after another from
-one generator seeded by `seed`.
+and IGNORE_INDEX labels; `lengths` (N,) records l. Training and validation examples draw their lengths
+uniformly from train_lengths = [shortest, longest], test examples from test_lengths (null means every example
+is seq_len long), so a run can train on short sequences and test on long ones, as the papers do, while the
+best checkpoint is still chosen on the lengths it was trained on. With score_from = k the test split also puts
+IGNORE_INDEX on the labels s_1 .. s_{k-1}, so the test accuracy counts only positions t >= k (k = one past the
+longest training length: only the positions no training example reached). Chance accuracy is 1 / |G| per
+position. Train, validation and test sets are drawn one after another from one generator seeded by `seed`.
 """
 
 from __future__ import annotations
@@ -39,32 +41,42 @@ def length_range(lengths: Sequence[int] | None, seq_len: int, where: str) -> tup
 
 def state_tracking_examples(
     n: int, seq_len: int, n_tokens: int, lengths: tuple[int, int],
-    running_state: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator,
+    running_state: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator, score_from: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n examples (see the module docstring): x (n, seq_len) int64 tokens uniform in [0, n_tokens), y (n, seq_len)
     int64 labels running_state(x) (the state after each token, (n, L) -> (n, L)) and lengths (n,) int64 uniform
-    in [lengths[0], lengths[1]]; past its length an example holds token 0 and IGNORE_INDEX labels.
-    The tokens are drawn before the lengths."""
+    in [lengths[0], lengths[1]]; past its length an example holds token 0 and IGNORE_INDEX labels, and so do the
+    labels s_t at positions t < score_from (t = 1 .. L; 1 scores every position). The tokens are drawn before the
+    lengths."""
     x = torch.randint(0, n_tokens, (n, seq_len), generator=generator)
     length = torch.randint(lengths[0], lengths[1] + 1, (n,), generator=generator)
     y = running_state(x)
     past_end = torch.arange(seq_len)[None, :] >= length[:, None]
     x[past_end] = 0
     y[past_end] = IGNORE_INDEX
+    y[:, : score_from - 1] = IGNORE_INDEX
     return x, y, length
 
 
 class StateTrackingDataModule(SequenceDataModule):
     """A state-tracking task: subclasses define `running_state` (tokens (N, L) -> states (N, L)) and check that
-    vocab_size and n_classes match their group."""
+    vocab_size and n_classes match their group. train_lengths (training and validation) and test_lengths are
+    [shortest, longest] or None (every example seq_len long); score_from (None: every position) is the first
+    position t whose test label is scored."""
 
     def __init__(self, *, n_train: int = 10000, n_val: int = 1000, n_test: int = 1000,
-                 train_lengths: Sequence[int] | None = None, eval_lengths: Sequence[int] | None = None, **metadata):
+                 train_lengths: Sequence[int] | None = None, test_lengths: Sequence[int] | None = None,
+                 score_from: int | None = None, **metadata):
         super().__init__(**metadata)
         if self.seq_len < 1:
             raise ValueError(f"task {self.name}: seq_len={self.seq_len} must be at least 1")
         self.train_lengths = length_range(train_lengths, self.seq_len, f"task {self.name}: train_lengths")
-        self.eval_lengths = length_range(eval_lengths, self.seq_len, f"task {self.name}: eval_lengths")
+        self.test_lengths = length_range(test_lengths, self.seq_len, f"task {self.name}: test_lengths")
+        longest = self.test_lengths[1]
+        if score_from is not None and (isinstance(score_from, bool) or not 1 <= score_from <= longest):
+            raise ValueError(f"task {self.name}: score_from={score_from} must be a position in [1, {longest}] (the "
+                             f"longest test length) or null to score every position")
+        self.score_from = score_from
         self.sizes = (n_train, n_val, n_test)
 
     def running_state(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +84,12 @@ class StateTrackingDataModule(SequenceDataModule):
         raise NotImplementedError(f"{type(self).__name__} must implement running_state()")
 
     def load_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
-        # draw_splits draws the splits in order (train, val, test), so each takes the next length range.
-        ranges = iter((self.train_lengths, self.eval_lengths, self.eval_lengths))
-        return draw_splits(self.sizes, self.seed, lambda n, g: state_tracking_examples(
-            n, self.seq_len, self.vocab_size, next(ranges), self.running_state, g))
+        # draw_splits draws the splits in order (train, val, test), so each takes the next (lengths, score_from).
+        options = iter(((self.train_lengths, 1), (self.train_lengths, 1), (self.test_lengths, self.score_from or 1)))
+
+        def examples(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            lengths, score_from = next(options)
+            return state_tracking_examples(n, self.seq_len, self.vocab_size, lengths, self.running_state, generator,
+                                           score_from)
+
+        return draw_splits(self.sizes, self.seed, examples)
