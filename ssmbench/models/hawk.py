@@ -13,6 +13,13 @@ solved in parallel over L by `ssmbench.core.scan.linear_scan`, with sqrt(1 - a_t
 (sigma(-Lambda) = exp(-softplus(Lambda)), as in google-deepmind/recurrentgemma). It computes in float32
 (float64 for float64 input), also under autocast.
 
+The derivative of that sqrt, 1 / (2 sqrt(u)), is clipped at 1000 (`bounded_sqrt`, after recurrentgemma's
+SqrtBoundDerivative, torch/layers.py); its values are the plain sqrt's. When r_t or softplus(Lambda)
+underflows to 0, a_t = 1 and u = 1 - a_t^2 = 0, where the plain derivative is infinite: NaN gradients.
+
+We follow the paper's equation at every t. recurrentgemma instead starts each segment (segment_pos == 0)
+with a = 0 and multiplier 1 in place of sqrt(1 - a^2), so its h_0 = i_0 x_0.
+
 The recurrent block (`HawkMixer`), u: (B, L, D) -> (B, L, D), D_RNN = expand * D rounded up to a multiple
 of num_heads:
 
@@ -41,6 +48,27 @@ from ssmbench.models.params import set_optim
 from ssmbench.models.short_conv import ShortConv
 from ssmbench.models.step_size import inverse_softplus
 
+MAX_SQRT_GRADIENT = 1000.0  # recurrentgemma@torch/layers.py _MAX_SQRT_GRADIENT
+
+
+class SqrtBoundDerivative(torch.autograd.Function):
+    """sqrt(u) elementwise, u >= 0 (any shape); backward uses the derivative min(1 / (2 sqrt(u)), MAX_SQRT_GRADIENT)."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(u)
+        return torch.sqrt(u)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (u,) = ctx.saved_tensors
+        return grad / torch.sqrt(torch.clamp(4 * u, min=MAX_SQRT_GRADIENT ** -2))
+
+
+def bounded_sqrt(u: torch.Tensor) -> torch.Tensor:
+    """sqrt(u) with its derivative clipped at MAX_SQRT_GRADIENT (finite at u = 0): (...) -> (...)."""
+    return SqrtBoundDerivative.apply(u)
+
 
 def lambda_init(width: int, c: float, a_min: float, a_max: float, generator: torch.Generator | None = None):
     """Lambda: (width,) with a^c = exp(-c softplus(Lambda)) uniform on [a_min, a_max]."""
@@ -53,6 +81,9 @@ class BlockDiagonalLinear(nn.Module):
 
     def __init__(self, width: int, num_blocks: int):
         super().__init__()
+        if num_blocks < 1 or width % num_blocks != 0:
+            raise ValueError(f"hawk: width={width} must be a multiple of num_blocks={num_blocks} (num_heads); "
+                             f"choose num_heads dividing it")
         block = width // num_blocks
         self.num_blocks = num_blocks
         self.weight = nn.Parameter(torch.randn(num_blocks, block, block) / math.sqrt(block))
@@ -68,6 +99,9 @@ class RGLRU(nn.Module):
 
     def __init__(self, width: int, num_heads: int, c: float = 8.0, a_min: float = 0.9, a_max: float = 0.999,
                  ssm_lr: float | None = None):
+        """width: W, a multiple of num_heads (the blocks of W_a and W_x); c: the constant in log a_t =
+        -c softplus(Lambda) r_t; a_min, a_max: the range of a^c at init (Lambda is drawn with a^c uniform on it);
+        ssm_lr: Lambda's own learning rate (None: the base one)."""
         super().__init__()
         self.c = c
         self.input_gate = BlockDiagonalLinear(width, num_heads)
@@ -90,7 +124,7 @@ class RGLRU(nn.Module):
     def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """a_t and sqrt(1 - a_t^2) * i_t * x_t: the recurrence h_t = a_t h_{t-1} + b_t, each (..., W)."""
         log_a, gated = self.gates(x)
-        return torch.exp(log_a), torch.sqrt(-torch.expm1(2 * log_a)) * gated
+        return torch.exp(log_a), bounded_sqrt(-torch.expm1(2 * log_a)) * gated
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
         """h_t for t = 0 .. L-1: x (B, L, W), h0 (B, W) or None (zero) -> (B, L, W) in the compute dtype."""

@@ -27,23 +27,26 @@ Initialization (lindermanlab/S5@d133f4d: s5/ssm.py, s5/ssm_init.py, s5/train.py)
            bidirectional: a second C~ drawn the same way.
   D ~ N(0, 1);  log_step log-uniform in [log dt_min, log dt_max], one per state.
 ("lecun normal": a normal truncated at two standard deviations and rescaled to variance 1 / fan-in.)
-S5's eigensolver keeps the half with Im(Lambda) <= 0, `hippo_normal` the conjugate half; the layers are the same.
+S5's eigensolver keeps the half with Im(Lambda) <= 0, `hippo_normal` the conjugate half; the layers are the same
+in distribution (identical for real B and C).
 
 B~ and C~ are stored as real (..., 2) pairs, as S5's code stores them (`Module.to(half)` would otherwise
 drop an imaginary part). Computations run in float64 for float64 inputs, else in float32.
 
 Optimization (S5's opt_config "standard", s5/train_helpers.py): Lambda_re, Lambda_im and B train with their
-own learning rate `ssm_lr` and no weight decay, log_step too (its lr `dt_lr`, None: ssm_lr; S5's
-dt_global=True trains it with the base lr, dt_lr = optimizer.lr); C and D use the base lr and weight decay.
-S5 states its base lr as lr_factor x ssm_lr.
+own learning rate `ssm_lr` and no weight decay, log_step too (its lr `dt_lr`, None: ssm_lr); C and D use the
+base lr and weight decay. log_step never gets weight decay here: S5's dt_global=True moves it into the
+"regular" adamw group, base lr AND weight decay (dt_lr = the base lr expresses only the lr). S5 states its
+base lr as lr_factor x ssm_lr.
 
 The S5 block (s5/layers.py) is norm -> S5 -> activation -> dropout -> residual. The backbone supplies the norm,
 the last dropout and the residual (`ff: none`); `S5Mixer` is S5 and the activation, one of S5's
-`activation` options, with z = dropout(gelu(y)):
+`activation` options, with gelu the tanh approximation (flax's nn.gelu) and z = dropout(gelu(y)):
 
     full_glu   W1 z * sigmoid(W2 z)        half_glu1  z * sigmoid(W2 z)
-    half_glu2  y * sigmoid(W2 z)           gelu       z
+    half_glu2  y * sigmoid(W2 z)           gelu       gelu(y)  (S5's one dropout is the backbone's)
 
+W1, W2 (S5's out1, out2) are lecun normal (variance 1/H) with zero biases, flax Dense's defaults.
 S5's dropout draws one mask per sequence for all time steps (flax broadcast_dims over time): tie_dropout.
 """
 
@@ -209,17 +212,21 @@ class S5Mixer(nn.Module):
         self.drop = SequenceDropout(dropout, tie_dropout)
         widths = {"full_glu": 2 * d_model, "half_glu1": d_model, "half_glu2": d_model}
         self.out = nn.Linear(d_model, widths[activation]) if activation in widths else None
+        if self.out is not None:
+            with torch.no_grad():
+                self.out.weight.copy_(lecun_normal(*self.out.weight.shape, fan_in=d_model))
+                self.out.bias.zero_()
 
     def _post(self, y: torch.Tensor) -> torch.Tensor:
         """The activation (module docstring), position-wise: (..., H) -> (..., H)."""
-        z = self.drop(F.gelu(y))
+        if self.activation == "gelu":
+            return F.gelu(y, approximate="tanh")
+        z = self.drop(F.gelu(y, approximate="tanh"))
         if self.activation == "full_glu":
             return F.glu(self.out(z), dim=-1)
         if self.activation == "half_glu1":
             return z * torch.sigmoid(self.out(z))
-        if self.activation == "half_glu2":
-            return y * torch.sigmoid(self.out(z))
-        return z
+        return y * torch.sigmoid(self.out(z))  # half_glu2
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """(B, L, H) -> (B, L, H)."""
