@@ -1,18 +1,22 @@
-"""Benchmark of ssmbench.core.delta_rule: forward + backward time and peak memory, recurrent vs chunkwise.
+"""Benchmark of ssmbench.core.delta_rule: forward + backward time and peak memory, recurrent vs chunkwise,
+for the delta rule and the gated delta rule.
 
     .venv/bin/python benchmarks/delta_rule.py [--device cpu|cuda] [--quick] [--threads N] [--repeat R]
                                               [--dtype float32|bfloat16]
 
 B=4, H=4, Dk=Dv=64, L in {512, 2048, 8192} (--quick: 512 and 2048, one timed repeat), unit-norm keys,
-beta in (0, 1), a zero initial state. For each L:
-    recurrent       delta_rule_reference (the loop; autograd through every step)
-    chunkwise C     delta_rule_chunkwise with chunk_size C in {32, 64} (autograd through the WY/UT form)
+beta in (0, 1), log decays g = logsigmoid(2 + N(0, 1)) (alpha around 0.88, as low as 0.1 now and then),
+a zero initial state. For each L:
+    recurrent             delta_rule_reference (the loop; autograd through every step)
+    chunkwise C           delta_rule_chunkwise with chunk_size C in {32, 64} (autograd through the WY/UT form)
+    gated recurrent       gated_delta_rule_recurrent (the loop)
+    gated chunkwise C     gated_delta_rule_chunkwise with chunk_size C in {32, 64}
 Columns: median wall time of forward + backward (after one warm-up run), the process CPU time of the
 same run (CPU only: under contention from other processes it is the steadier figure), the speed-up over
-the recurrent form, the peak memory of one forward + backward above what was allocated before it
-(CUDA: the caching allocator's peak; CPU: growth of the peak resident set of a fresh process running
-it once, with glibc malloc set to return large blocks at once; Linux only, else nan), and
-the relative error max|o - o_rec| / max|o_rec| of the outputs against the recurrent form.
+the recurrent form of the same rule, the peak memory of one forward + backward above what was allocated
+before it (CUDA: the caching allocator's peak; CPU: growth of the peak resident set of a fresh process
+running it once, with glibc malloc set to return large blocks at once; Linux only, else nan), and
+the relative error max|o - o_rec| / max|o_rec| of the outputs against the recurrent form of the same rule.
 """
 
 from __future__ import annotations
@@ -23,25 +27,32 @@ import torch
 
 from measure import (cpu_peak_bytes_here, cpu_peak_bytes_in_fresh_process, cuda_peak_bytes, fwd_bwd_with_state,
                      timed, use_device_and_threads)
-from ssmbench.core.delta_rule import delta_rule_chunkwise, delta_rule_reference
+from ssmbench.core.delta_rule import (delta_rule_chunkwise, delta_rule_reference, gated_delta_rule_chunkwise,
+                                      gated_delta_rule_recurrent)
 
 B, H, D = 4, 4, 64
 CHUNKS = (32, 64)
 
 
-def inputs(length: int, dtype: torch.dtype, device: str, seed: int = 0) -> list[torch.Tensor]:
+def inputs(length: int, dtype: torch.dtype, device: str, gated: bool, seed: int = 0) -> list[torch.Tensor]:
+    """q, k, v, beta (and g when gated) for one length."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, H, length, D, generator=g) * D**-0.5
     k = torch.nn.functional.normalize(torch.randn(B, H, length, D, generator=g), dim=-1)
     v = torch.randn(B, H, length, D, generator=g)
     beta = torch.sigmoid(torch.randn(B, H, length, generator=g))
-    return [t.to(device=device, dtype=dtype) for t in (q, k, v, beta)]
+    log_decay = torch.nn.functional.logsigmoid(2 + torch.randn(B, H, length, generator=g))
+    return [t.to(device=device, dtype=dtype) for t in (q, k, v, beta, log_decay)[:5 if gated else 4]]
 
 
 def methods() -> dict:
-    table = {"recurrent": delta_rule_reference}
+    """label -> (function, gated); the first method of each rule (gated or not) is its recurrent form."""
+    table = {"recurrent": (delta_rule_reference, False)}
     for c in CHUNKS:
-        table[f"chunkwise {c}"] = lambda *t, c=c: delta_rule_chunkwise(*t, chunk_size=c)
+        table[f"chunkwise {c}"] = (lambda *t, c=c: delta_rule_chunkwise(*t, chunk_size=c), False)
+    table["gated recurrent"] = (gated_delta_rule_recurrent, True)
+    for c in CHUNKS:
+        table[f"gated chunkwise {c}"] = (lambda *t, c=c: gated_delta_rule_chunkwise(*t, chunk_size=c), True)
     return table
 
 
@@ -62,21 +73,23 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     if args.peak_of:
         length, label = int(args.peak_of[0]), args.peak_of[1]
-        fn, tensors = methods()[label], inputs(length, dtype, "cpu")
+        fn, gated = methods()[label]
+        tensors = inputs(length, dtype, "cpu", gated)
         print(cpu_peak_bytes_here(lambda: fwd_bwd_with_state(fn, tensors)))
         return
     peak_options = ["--dtype", args.dtype] + (["--threads", str(args.threads)] if args.threads else [])
-    print(f"delta rule forward+backward, B={B}, H={H}, Dk=Dv={D}, {args.dtype}; {name}; torch {torch.__version__}")
-    header = f"{'L':>6} {'method':>14} {'wall ms':>10} {'cpu ms':>10} {'speed-up':>9} {'peak MB':>9} {'err o':>9}"
+    print(f"delta rule and gated delta rule forward+backward, B={B}, H={H}, Dk=Dv={D}, {args.dtype}; {name}; "
+          f"torch {torch.__version__}")
+    header = f"{'L':>6} {'method':>18} {'wall ms':>10} {'cpu ms':>10} {'speed-up':>9} {'peak MB':>9} {'err o':>9}"
     print(header)
     print("-" * len(header))
     for length in lengths:
-        tensors = inputs(length, dtype, args.device)
         base_wall = reference = None
-        for label, fn in methods().items():
+        for label, (fn, gated) in methods().items():
+            tensors = inputs(length, dtype, args.device, gated)
             wall, cpu = timed(lambda: fwd_bwd_with_state(fn, tensors), args.device, repeat)
             o = fwd_bwd_with_state(fn, tensors).float()
-            if reference is None:
+            if "recurrent" in label:
                 base_wall, reference = wall, o
             if args.device == "cuda":
                 peak = cuda_peak_bytes(lambda: fwd_bwd_with_state(fn, tensors))
@@ -84,7 +97,7 @@ def main() -> None:
                 peak = cpu_peak_bytes_in_fresh_process(__file__, [str(length), label, *peak_options])
             err = float((o - reference).abs().max() / reference.abs().max())
             cpu_ms = f"{1e3 * cpu:>10.1f}" if args.device == "cpu" else f"{'-':>10}"
-            print(f"{length:>6} {label:>14} {1e3 * wall:>10.1f} {cpu_ms} {base_wall / wall:>8.1f}x "
+            print(f"{length:>6} {label:>18} {1e3 * wall:>10.1f} {cpu_ms} {base_wall / wall:>8.1f}x "
                   f"{peak / 2**20:>9.1f} {err:>9.1e}", flush=True)
 
 

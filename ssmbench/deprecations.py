@@ -66,6 +66,7 @@ class Added:
 
 BACKBONE = "ssmbench.models.backbone.SequenceModel"
 S4_MIXER = "ssmbench.models.s4.S4Mixer"
+DELTANET_MIXER = "ssmbench.models.deltanet.DeltaNetMixer"
 ADDED = (
     Added("model.decoder", "linear"),
     Added("model.tie_dropout", False),
@@ -74,6 +75,7 @@ ADDED = (
     Added("model.mixer.dt_lr", None, S4_MIXER),
     Added("model.mixer.tie_dropout", "${..tie_dropout}", S4_MIXER),
     Added("model.mixer.glu", True, S4_MIXER),
+    Added("model.mixer.beta_range", [0, 1], DELTANET_MIXER),
 )
 
 RENAMED = (

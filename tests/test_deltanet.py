@@ -72,6 +72,25 @@ def test_features_are_normalized_scaled_and_beta_in_unit_interval():
     assert ((beta > 0) & (beta < 1)).all()
 
 
+def test_beta_range_zero_two_doubles_beta_and_step_still_equals_forward():
+    torch.manual_seed(0)
+    narrow = DeltaNetMixer(d_model=16, num_heads=2, chunk_size=8)
+    torch.manual_seed(0)
+    wide = DeltaNetMixer(d_model=16, num_heads=2, chunk_size=8, beta_range=[0, 2])
+    assert (narrow.beta_scale, wide.beta_scale) == (1.0, 2.0)
+    x = torch.randn(2, 10, 16)
+    torch.testing.assert_close(wide.features(x)[3], 2 * narrow.features(x)[3], rtol=0, atol=0)
+    wide = wide.double()
+    x = x.double()
+    torch.testing.assert_close(step_outputs(wide, x, wide.initial_state(2)), wide(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("bad", [(0, 3), (1, 0), [0, 1, 2], "[0, 1]", None, 1, (False, True)])
+def test_bad_beta_range_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match=r"deltanet: model.mixer.beta_range must be \[0, 1\] or \[0, 2\]"):
+        DeltaNetMixer(d_model=16, beta_range=bad)
+
+
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
     mixer = DeltaNetMixer(d_model=16, num_heads=2, chunk_size=4, use_gate=True)
@@ -105,6 +124,9 @@ def test_config_builds_the_published_block():
     assert block.norm.kind == "rms"
     x = torch.randint(0, 10, (2, 64))
     assert net(x).shape == (2, 64, 10)
+    assert block.mixer.beta_scale == 1.0
+    with composed("model=deltanet", "task=copy", "model.mixer.beta_range=[0,2]") as cfg:
+        assert instantiate(cfg.model).blocks[0].mixer.beta_scale == 2.0
 
 
 @pytest.mark.slow

@@ -140,7 +140,7 @@ def test_old_keys_on_the_command_line_are_renamed_with_a_warning():
     assert proc.stderr.count("is deprecated") == 2
 
 
-@pytest.mark.parametrize("model", ["s4", "s4d", "lru"])
+@pytest.mark.parametrize("model", ["s4", "s4d", "lru", "deltanet"])
 def test_a_config_written_before_the_added_keys_fits_todays_model(model):
     """A checkpoint's config from before ADDED's keys existed is completed with the values that build the
     model it was trained with, so `ckpt_path=` accepts it and resume rebuilds the same model."""
