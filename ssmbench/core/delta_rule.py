@@ -121,8 +121,10 @@ gated_delta_rule_reference = gated_delta_rule_recurrent
 
 
 def delta_rule_inverse(K: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
-    """The matrix (I + tril(diag(beta) K K^T, -1))^{-1}, the core of the WY/UT representation, by a
-    triangular solve against I (the solver reads only the strictly lower part; the diagonal is 1).
+    """The matrix (I + tril(diag(beta) K K^T, -1))^{-1}, the T of the (ungated) WY/UT representation, by a
+    triangular solve against I (the solver reads only the strictly lower part; the diagonal is 1). The
+    chunkwise forms never form it: they solve against the chunk's right-hand sides directly; it is kept as
+    the explicit matrix whose entries the papers bound.
 
     K (..., C, Dk), beta (..., C) (default: all ones) -> (..., C, C), unit lower triangular.
     Entry (i, j), i > j, equals -beta_i k_i^T (I - beta_{i-1} k_{i-1} k_{i-1}^T) ... (I - beta_{j+1}
