@@ -1,5 +1,5 @@
 """ssmbench.core.scan.log_linear_scan: the chunked log-space scan against its plain loop (values and
-gradients in float64, h0 = 0 entries, broadcasting, recursion levels), its float32 accuracy where the
+gradients in float64, h0 = 0 and b = 0 entries, broadcasting, recursion levels), its float32 accuracy where the
 products of a underflow, and its input checks."""
 
 import math
@@ -63,6 +63,32 @@ def test_zero_initial_state_entries_give_zero_gradients_not_nan(length):
     with torch.no_grad():
         y, y_none = log_linear_scan(log_a, log_b, log_h0), log_linear_scan(log_a, log_b)
     assert torch.equal(y[1], y_none[1]) and torch.equal(y[0, :, 1], y_none[0, :, 1])
+
+
+@pytest.mark.parametrize("length, k", [(5, 2), (300, 100)])
+def test_neg_inf_log_b_gives_finite_gradients(length, k):
+    """Channel 0: h0 = 0 and b_t = 0 for t < k, so h_t = 0 there (r_t = 0 / 0, taken as 0): log h = -inf,
+    dL/dlog a_t = 0 for t <= k, dL/dlog b_t = dlog h_t for t < k, dL/dlog h0 = 0, and from k on everything equals
+    the run that starts at k. Channel 1: one b_t = 0 after h > 0 (r_t = 1), compared with the loop directly."""
+    g = torch.Generator().manual_seed(length)
+    log_a, log_b, log_h0 = (x.detach() for x in log_inputs((1, length, 2), (1, length, 2), (1, 2), g))
+    log_b[0, :k, 0] = log_h0[0, 0] = log_b[0, length // 2, 1] = -math.inf
+    log_a, log_b, log_h0 = (x.requires_grad_() for x in (log_a, log_b, log_h0))
+    weight = torch.randn(1, length, 2, dtype=torch.float64, generator=g)
+    y, (ga, gb, gh0) = grads(log_linear_scan, log_a, log_b, log_h0, weight)
+    assert torch.isfinite(ga).all() and torch.isfinite(gb).all() and torch.isfinite(gh0).all()
+    assert torch.isneginf(y[0, :k, 0]).all() and torch.isfinite(y[0, k:]).all() and torch.isfinite(y[0, :, 1]).all()
+    assert (ga[0, : k + 1, 0] == 0).all() and gh0[0, 0] == 0 and torch.equal(gb[0, :k, 0], weight[0, :k, 0])
+
+    tail = [x[:, k:, :1].detach().requires_grad_() for x in (log_a, log_b)]
+    y_tail, (ga_tail, gb_tail) = grads(log_linear_scan_reference, *tail, None, weight[:, k:, :1])
+    assert rel_err(y[:, k:, :1], y_tail) < 1e-12
+    assert rel_err(ga[:, k:, :1], ga_tail) < 1e-10 and rel_err(gb[:, k:, :1], gb_tail) < 1e-10
+
+    y_ref, (ga_ref, gb_ref, gh0_ref) = grads(log_linear_scan_reference, log_a, log_b, log_h0, weight)
+    assert rel_err(y[..., 1], y_ref[..., 1]) < 1e-12 and gb[0, length // 2, 1].abs() < 1e-12
+    for x, ref in ((ga, ga_ref), (gb, gb_ref), (gh0, gh0_ref)):
+        assert rel_err(x[..., 1], ref[..., 1]) < 1e-10
 
 
 @pytest.mark.parametrize("chunk", [2, 3, 8])

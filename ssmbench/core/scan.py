@@ -303,6 +303,10 @@ class _LogLinearScan(torch.autograd.Function):
         else:
             torch.add(la[:, 0], lh0, out=r[:, 0])
         r.sub_(y).exp_()
+        # h_t = 0 (log b_s = -inf for all s <= t, and h0 = 0): r_t is 0 / 0; a_t multiplies h_{t-1} = 0, so r_t = 0.
+        # With a > 0, h_t = 0 only where h_0 = 0 too: a (B, D) check spares the full pass when there is none.
+        if torch.isneginf(y[:, 0]).any():
+            r.masked_fill_(torch.isneginf(y), 0.0)
         # gamma_t = dL/dlog h_t through every later step: gamma_t = dy_t + r_{t+1} gamma_{t+1} (a linear scan).
         gamma = torch.empty_like(y)
         gamma[:, -1] = dy[:, -1]
@@ -341,10 +345,12 @@ def log_linear_scan(
 
         log h_t = logaddexp(log a_t + log h_{t-1}, log b_t),  t = 0 .. L-1,  log h_{-1} = log_h0.
 
-    log_a: broadcastable to log_b (e.g. (D,), (1, 1, D), (B, L, D)), log_b: (B, L, D) finite,
-    log_h0: (B, D) or broadcastable, entries may be -inf (h0 = 0); None: h0 = 0 -> log h: (B, L, D),
-    real floating point; differentiable in all three (gradients of a broadcast log_a or log_h0 are
-    summed to their shapes; zero, not NaN, at -inf entries of log_h0).
+    log_a: broadcastable to log_b (e.g. (D,), (1, 1, D), (B, L, D)), finite (a > 0), log_b: (B, L, D),
+    log_h0: (B, D) or broadcastable; None: h0 = 0 -> log h: (B, L, D), real floating point;
+    differentiable in all three (gradients of a broadcast log_a or log_h0 are summed to their shapes).
+    Entries of log_b and log_h0 may be -inf (b_t = 0, h0 = 0). Where that makes h_t = 0 (log h_t = -inf),
+    r_t below is 0 / 0 and is taken as 0: dL/dlog a_t = 0 there (a_t multiplies h_{t-1} = 0), dL/dlog h0 = 0,
+    and dL/dlog b_t = dlog h_t (the value b_t / h_t = 1 has for any b_t > 0 after h_{t-1} = 0): finite, not NaN.
 
     The chunks and carry are those of linear_scan (module docstring) with logaddexp for the
     multiply-add and sums of log a for the chunk products, so every number is a step of the loop's
