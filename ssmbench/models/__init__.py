@@ -25,6 +25,10 @@ docstring (conf/, models/, core/, README). New code follows this table:
                                     set_optim(param, lr=..., weight_decay=...) in code
     dt's own learning rate          dt_lr, absolute like ssm_lr (null: ssm_lr)
     dropout mask shared over time   tie_dropout
+    range of the delta rule's beta  beta_range: [0, 1] | [0, 2] (beta = sigmoid or 2 sigmoid)
+    short causal conv before a      use_short_conv, conv_size (DeltaNet family, linear attention, minRNNs;
+      recurrence                    Mamba, Mamba-2 and Hawk keep their papers' d_conv)
+    hidden width / d_model          expand (expand_k, expand_v for key and value widths)
     Jacobian of a Newton solve      jacobian: diag | full (core/newton.py); nrnn adds none
                                     (no Newton: the sequential loop)
     slow reference of a fast path   <name>_reference (linear_scan_reference, cauchy_reference,
