@@ -11,6 +11,10 @@ a zero initial state. For each L:
     chunkwise C           delta_rule_chunkwise with chunk_size C in {32, 64} (autograd through the WY/UT form)
     gated recurrent       gated_delta_rule_recurrent (the loop)
     gated chunkwise C     gated_delta_rule_chunkwise with chunk_size C in {32, 64}
+    fla naive chunk 64    flash-linear-attention's pure-PyTorch chunk form, naive_chunk_gated_delta_rule
+                          (fla/ops/gated_delta_rule/naive.py, loaded from the installed package's file so
+                          that its Triton-backed __init__ is not needed; needs einops), on the same inputs in
+                          its (B, L, H, D) layout with scale 1; only when `fla` is installed
 Columns: median wall time of forward + backward (after one warm-up run), the process CPU time of the
 same run (CPU only: under contention from other processes it is the steadier figure), the speed-up over
 the recurrent form of the same rule, the peak memory of one forward + backward above what was allocated
@@ -22,11 +26,12 @@ the relative error max|o - o_rec| / max|o_rec| of the outputs against the recurr
 from __future__ import annotations
 
 import argparse
+import importlib.util
+from pathlib import Path
 
 import torch
 
-from measure import (cpu_peak_bytes_here, cpu_peak_bytes_in_fresh_process, cuda_peak_bytes, fwd_bwd_with_state,
-                     timed, use_device_and_threads)
+from measure import cpu_peak_bytes_here, fwd_bwd_with_state, method_row, peak_bytes, timed, use_device_and_threads
 from ssmbench.core.delta_rule import (delta_rule_chunkwise, delta_rule_reference, gated_delta_rule_chunkwise,
                                       gated_delta_rule_recurrent)
 
@@ -45,6 +50,25 @@ def inputs(length: int, dtype: torch.dtype, device: str, gated: bool, seed: int 
     return [t.to(device=device, dtype=dtype) for t in (q, k, v, beta, log_decay)[:5 if gated else 4]]
 
 
+def fla_naive_chunk():
+    """flash-linear-attention's naive_chunk_gated_delta_rule wrapped to this file's layouts and signature
+    (q, k, v, beta, g) -> (o, S), or None when fla (or einops) is not installed."""
+    spec = importlib.util.find_spec("fla")
+    if spec is None or spec.origin is None or importlib.util.find_spec("einops") is None:
+        return None
+    path = Path(spec.origin).parent / "ops" / "gated_delta_rule" / "naive.py"
+    module_spec = importlib.util.spec_from_file_location("fla_gated_delta_rule_naive", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+
+    def run(q, k, v, beta, g):
+        o, S = module.naive_chunk_gated_delta_rule(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                   g.transpose(1, 2), beta.transpose(1, 2), chunk_size=64,
+                                                   scale=1.0, output_final_state=True)
+        return o.transpose(1, 2), S
+    return run
+
+
 def methods() -> dict:
     """label -> (function, gated); the first method of each rule (gated or not) is its recurrent form."""
     table = {"recurrent": (delta_rule_reference, False)}
@@ -53,6 +77,9 @@ def methods() -> dict:
     table["gated recurrent"] = (gated_delta_rule_recurrent, True)
     for c in CHUNKS:
         table[f"gated chunkwise {c}"] = (lambda *t, c=c: gated_delta_rule_chunkwise(*t, chunk_size=c), True)
+    fla = fla_naive_chunk()
+    if fla is not None:
+        table["fla naive chunk 64"] = (fla, True)
     return table
 
 
@@ -91,14 +118,10 @@ def main() -> None:
             o = fwd_bwd_with_state(fn, tensors).float()
             if "recurrent" in label:
                 base_wall, reference = wall, o
-            if args.device == "cuda":
-                peak = cuda_peak_bytes(lambda: fwd_bwd_with_state(fn, tensors))
-            else:
-                peak = cpu_peak_bytes_in_fresh_process(__file__, [str(length), label, *peak_options])
+            peak = peak_bytes(lambda: fwd_bwd_with_state(fn, tensors), args.device, __file__,
+                              [str(length), label, *peak_options])
             err = float((o - reference).abs().max() / reference.abs().max())
-            cpu_ms = f"{1e3 * cpu:>10.1f}" if args.device == "cpu" else f"{'-':>10}"
-            print(f"{length:>6} {label:>18} {1e3 * wall:>10.1f} {cpu_ms} {base_wall / wall:>8.1f}x "
-                  f"{peak / 2**20:>9.1f} {err:>9.1e}", flush=True)
+            print(method_row(length, label, 18, wall, cpu, base_wall, peak, err, args.device), flush=True)
 
 
 if __name__ == "__main__":

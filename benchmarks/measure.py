@@ -23,12 +23,18 @@ forward + backward of the benchmark's own inputs and loss (its return value is i
                                  number on the last line it prints; the script's hidden --peak-of option
                                  builds its inputs and prints cpu_peak_bytes_here of the method named.
 
+    peak_bytes(run, device, script, args)   cuda_peak_bytes(run) on a CUDA device, else
+                                 cpu_peak_bytes_in_fresh_process(script, args).
+
 Two helpers every script needs besides:
 
     use_device_and_threads(device, threads)  SystemExit if device is cuda and none is present; else
                                              torch.set_num_threads(threads) when threads is given.
     fwd_bwd_with_state(fn, tensors)          out, state = fn(*leaves) on fresh leaves of `tensors`,
                                              backward of sum(out) + sum(state); returns out (detached).
+    method_row(length, label, width, wall, cpu, base_wall, peak, err, device)
+                                             one row of the L / method / wall / cpu / speed-up / peak / error
+                                             table the recurrent-vs-chunkwise scripts print.
 
 The benchmarks are run as `python benchmarks/<name>.py`, which puts this folder on sys.path, so they
 import this module as `measure`.
@@ -109,6 +115,23 @@ def cpu_peak_bytes_in_fresh_process(script: str, args: list[str]) -> float:
     command = [sys.executable, script, "--peak-of", *args]
     proc = subprocess.run(command, capture_output=True, text=True, check=True)
     return float(proc.stdout.strip().splitlines()[-1])
+
+
+def peak_bytes(run: Callable[[], object], device: str, script: str, args: list[str]) -> float:
+    """Peak memory of one run: the CUDA allocator's on a CUDA device, else that of a fresh process (`args`
+    name the run to the script's --peak-of option)."""
+    if torch.device(device).type == "cuda":
+        return cuda_peak_bytes(run)
+    return cpu_peak_bytes_in_fresh_process(script, args)
+
+
+def method_row(length: int, label: str, width: int, wall: float, cpu: float, base_wall: float, peak: float,
+               err: float, device: str) -> str:
+    """`length label wall-ms cpu-ms speed-up peak-MB error`, the label right-aligned in `width` characters
+    (cpu ms is "-" off the CPU, where process time does not count the device's work)."""
+    cpu_ms = f"{1e3 * cpu:>10.1f}" if torch.device(device).type == "cpu" else f"{'-':>10}"
+    return (f"{length:>6} {label:>{width}} {1e3 * wall:>10.1f} {cpu_ms} {base_wall / wall:>8.1f}x "
+            f"{peak / 2**20:>9.1f} {err:>9.1e}")
 
 
 def use_device_and_threads(device: str, threads: int | None) -> None:

@@ -24,8 +24,7 @@ import math
 
 import torch
 
-from measure import (cpu_peak_bytes_here, cpu_peak_bytes_in_fresh_process, cuda_peak_bytes, fwd_bwd_with_state,
-                     timed, use_device_and_threads)
+from measure import cpu_peak_bytes_here, fwd_bwd_with_state, method_row, peak_bytes, timed, use_device_and_threads
 from ssmbench.core.ssd import ssd_chunkwise, ssd_recurrent
 
 BT, H, P, N, G = 4, 8, 64, 64, 1
@@ -86,14 +85,10 @@ def main() -> None:
             y = last.pop("y").float()
             if reference is None:
                 base_wall, reference = wall, y
-            if args.device == "cuda":
-                peak = cuda_peak_bytes(lambda: fwd_bwd_with_state(fn, tensors))
-            else:
-                peak = cpu_peak_bytes_in_fresh_process(__file__, [str(length), label, *peak_options])
+            peak = peak_bytes(lambda: fwd_bwd_with_state(fn, tensors), args.device, __file__,
+                              [str(length), label, *peak_options])
             err = float((y - reference).abs().max() / reference.abs().max())
-            cpu_ms = f"{1e3 * cpu:>10.1f}" if args.device == "cpu" else f"{'-':>10}"
-            print(f"{length:>6} {label:>14} {1e3 * wall:>10.1f} {cpu_ms} {base_wall / wall:>8.1f}x "
-                  f"{peak / 2**20:>9.1f} {err:>9.1e}", flush=True)
+            print(method_row(length, label, 14, wall, cpu, base_wall, peak, err, args.device), flush=True)
 
 
 if __name__ == "__main__":
