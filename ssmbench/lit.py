@@ -18,7 +18,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from ssmbench.data.base import IGNORE_INDEX
-from ssmbench.optim import param_groups
+from ssmbench.optim import build_optimizer
 
 
 class SequenceLitModule(L.LightningModule):
@@ -108,9 +108,7 @@ class SequenceLitModule(L.LightningModule):
         complete_metric_states(self, checkpoint["state_dict"])
 
     def configure_optimizers(self) -> Any:
-        groups = [{k: v for k, v in g.items() if k != "names"}
-                  for g in param_groups(self.net, self.lr, self.weight_decay)]
-        optimizer = self.optimizer_factory(params=groups)
+        optimizer = build_optimizer(self.optimizer_factory, self.net, self.lr, self.weight_decay)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))

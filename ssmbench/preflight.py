@@ -2,7 +2,8 @@
 value fails in one line naming its key (and what would be valid) instead of deep inside training.
 
     seed                                  an integer
-    optimizer.lr                          finite and > 0;  optimizer.weight_decay finite and >= 0
+    optimizer.lr, optimizer.muon_lr       finite and > 0;  optimizer.weight_decay, optimizer.muon_weight_decay
+                                          finite and >= 0
     sizes under task.* and model.*        integers >= 1: keys named n_*, d_*, num_*, *_size, seq_len,
                                           max_len (num_workers >= 0); null where the config allows it
     ckpt_path                             an existing file, a readable ssmbench checkpoint, trained with
@@ -53,12 +54,14 @@ def check_config(cfg: DictConfig) -> None:
     if not _is_int(cfg.get("seed")):
         raise UserError(f"seed={cfg.get('seed')!r} must be an integer, e.g. seed=1")
     optimizer = cfg.get("optimizer") or {}
-    lr = optimizer.get("lr")
-    if lr is not None and (not _is_number(lr) or not math.isfinite(lr) or lr <= 0):
-        raise UserError(f"optimizer.lr={lr!r} must be a finite number > 0, e.g. optimizer.lr=1e-3")
-    wd = optimizer.get("weight_decay")
-    if wd is not None and (not _is_number(wd) or not math.isfinite(wd) or wd < 0):
-        raise UserError(f"optimizer.weight_decay={wd!r} must be a finite number >= 0")
+    for key in ("lr", "muon_lr"):
+        lr = optimizer.get(key)
+        if lr is not None and (not _is_number(lr) or not math.isfinite(lr) or lr <= 0):
+            raise UserError(f"optimizer.{key}={lr!r} must be a finite number > 0, e.g. optimizer.{key}=1e-3")
+    for key in ("weight_decay", "muon_weight_decay"):
+        wd = optimizer.get(key)
+        if wd is not None and (not _is_number(wd) or not math.isfinite(wd) or wd < 0):
+            raise UserError(f"optimizer.{key}={wd!r} must be a finite number >= 0")
     for group in ("task", "model"):
         if isinstance(cfg.get(group), DictConfig):
             check_sizes(cfg[group], group)
