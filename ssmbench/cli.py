@@ -33,6 +33,8 @@ COMMANDS = {
     "train": "train a model on a task, test the best checkpoint, write results.json",
     "eval": "evaluate a checkpoint on the test split: ssmbench eval ckpt_path=<path>",
     "compare": "runs side by side: ssmbench compare outputs/multirun/<date> [--group-by model] [--plot curves.png]",
+    "analyze": "what a model learned (eigenvalues, timescales, decays): ssmbench analyze <run dir>|<ckpt> "
+               "[--out DIR] [--at-init]",
     "data": "task data: ssmbench data list | prepare <task> | generate listops|pathfinder (--help for options)",
 }
 
@@ -195,6 +197,13 @@ def main(argv: list[str] | None = None) -> None:
 
         try:
             compare(rest)
+        except UserError as e:
+            fail(str(e))
+    elif command == "analyze":
+        from ssmbench.analyze import analyze
+
+        try:
+            analyze(rest)
         except UserError as e:
             fail(str(e))
     elif command == "data":

@@ -124,6 +124,11 @@ class DeltaNetMixer(nn.Module):
         """The rule over one token x (B, 1, D) by the recurrent form: -> (o (B, H, 1, Dv), S)."""
         return delta_rule_reference(q, k, v, beta, initial_state=S)
 
+    def betas(self, x: torch.Tensor) -> torch.Tensor:
+        """beta_t of every head: (B, L, D) -> (B, L, H). The transition I - beta k k^T (||k|| = 1) has the
+        eigenvalues 1 (multiplicity Dk - 1) and 1 - beta."""
+        return self.features(x)[3].transpose(1, 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> (B, L, D), S_0 = 0, by the chunkwise form."""
         return self._output(self._rule_chunkwise(x, *self.features(x)), x)

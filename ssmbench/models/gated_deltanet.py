@@ -76,6 +76,10 @@ class GatedDeltaNetMixer(DeltaNetMixer):
             a = self.a_proj(x).to(dtype) + self.dt_bias.to(dtype)
             return (-torch.exp(self.A_log.to(dtype)) * F.softplus(a)).transpose(1, 2)
 
+    def decays(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-step decay alpha_t = exp(g_t) of every head: (B, L, D) -> (B, L, H)."""
+        return torch.exp(self.log_decay(x)).transpose(1, 2)
+
     def _rule_chunkwise(self, x: torch.Tensor, q, k, v, beta) -> torch.Tensor:
         return gated_delta_rule_chunkwise(q, k, v, beta, self.log_decay(x), chunk_size=self.chunk_size)[0]
 

@@ -174,6 +174,10 @@ class HawkMixer(nn.Module):
         """gelu(linear_y(u)), tanh approximation as in recurrentgemma."""
         return F.gelu(self.linear_y(u), approximate="tanh")
 
+    def decays(self, u: torch.Tensor) -> torch.Tensor:
+        """The per-step decay a_t of the RG-LRU: (B, L, D) -> (B, L, D_RNN)."""
+        return torch.exp(self.rg_lru.gates(self.conv(self.linear_x(u)))[0])
+
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> (B, L, D), h_{-1} = 0."""
         h = self.rg_lru(self.conv(self.linear_x(u)))

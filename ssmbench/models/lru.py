@@ -153,6 +153,10 @@ class LRUMixer(nn.Module):
         """The LRU state x_{-1} = 0: (B, N) complex."""
         return self.lru.initial_state(batch_size, device, dtype)
 
+    def discrete_eigenvalues(self) -> torch.Tensor:
+        """The lambda of the recurrence x_t = lambda x_{t-1} + ...: (1, N) complex (analysis: `ssmbench analyze`)."""
+        return self.lru.lam(self.lru._real_dtype(self.lru.D))[None]
+
     def step(self, u_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u_t (B, H), state (B, N) -> (y_t (B, H), state): equal to forward() one position at a time."""
         y, state = self.lru.step(u_t, state)

@@ -76,6 +76,11 @@ class MambaMixer(nn.Module):
         delta = F.softplus(self.dt_proj(dt))
         return delta, -torch.exp(self.A_log), B, C
 
+    def decays(self, u: torch.Tensor) -> torch.Tensor:
+        """The per-step decays exp(delta_t A) of every (channel, state) pair: (B, L, d_model) -> (B, L, D_in * N)."""
+        delta, A, _, _ = self._ssm_inputs(self.conv(self.in_proj(u).chunk(2, dim=-1)[0]))
+        return torch.exp(delta[..., None] * A).flatten(-2)
+
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """(B, L, d_model) -> (B, L, d_model), h_0 = 0."""
         x, z = self.in_proj(u).chunk(2, dim=-1)

@@ -106,6 +106,11 @@ class Mamba2Mixer(nn.Module):
         y = (y + x * self.D[:, None]).flatten(-2)
         return self.out_proj(self.norm(y, z))
 
+    def decays(self, u: torch.Tensor) -> torch.Tensor:
+        """The per-step decay exp(dt_t A) of every head: (B, L, d_model) -> (B, L, H)."""
+        dt = F.softplus(self._split(self.in_proj(u))[2] + self.dt_bias)
+        return torch.exp(dt * -torch.exp(self.A_log))
+
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """(B, L, d_model) -> (B, L, d_model), S_0 = 0, by the chunkwise SSD."""
         z, xBC, dt = self._split(self.in_proj(u))

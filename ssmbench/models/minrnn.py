@@ -84,6 +84,11 @@ class _MinRNN(nn.Module):
         log_a, log_b = self.log_coefficients(self.proj(u).to(compute_dtype(x.dtype)))
         return self._readout(torch.exp(log_linear_scan(log_a, log_b)), x.dtype)
 
+    def decays(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-step decay a_t (minGRU: 1 - z_t; minLSTM: normalized forget gate): (B, L, D) -> (B, L, d_hidden)."""
+        u = x if self.conv is None else self.conv(x)
+        return torch.exp(self.log_coefficients(self.proj(u).to(compute_dtype(x.dtype)))[0])
+
     def initial_state(self, batch_size: int, device=None, dtype=None) -> dict[str, torch.Tensor]:
         """{"h": h_{-1} = 0 (B, d_hidden) (float64 for dtype float64, else float32), "conv": (B, D, K - 1) zeros
         (the convolution's last inputs, in dtype; absent without it)}; dtype defaults to the parameters'."""

@@ -100,6 +100,15 @@ class RTFMixer(nn.Module):
             raise ValueError(f"rtf: input length {L} exceeds l_max={self.l_max}; set model.mixer.l_max to the longest sequence")
         return rtf_kernel(self.denominator(), self.b.to(self._real_dtype()), self.l_max)[..., :L]
 
+    def discrete_eigenvalues(self) -> torch.Tensor:
+        """The poles of b(z)/a(z) (the reciprocal roots of a(z), eigenvalues of the companion matrix): (H, N) complex."""
+        a = self.denominator()[0].double()
+        return torch.linalg.eigvals(companion(a, torch.zeros_like(a))[0])
+
+    def kernel(self, L: int) -> torch.Tensor:
+        """The (causal) convolution kernel of each channel: (H, L) real."""
+        return self.ssm_kernel(L)[0]
+
     def _head(self, y: torch.Tensor) -> torch.Tensor:
         """GELU, dropout, then the GLU (or, glu=False, linear) output projection: (..., H) -> (..., H)."""
         out = self.output(self.dropout(F.gelu(y)))

@@ -218,6 +218,20 @@ class S4Mixer(nn.Module):
             )
         return kernel_dplr(Lambda, self.P, self.P, self.B, self.C, dt, self.l_max, conj_sym=True)[..., :L]
 
+    def discrete_eigenvalues(self) -> torch.Tensor:
+        """The eigenvalues of the discretized state matrix of each channel's system: (H, N) complex
+        (mode diag: Ab and its conjugate half; mode dplr: eigenvalues of the bilinear Ab, in complex128)."""
+        rec = self._recurrence()
+        if self.mode == "diag":
+            return torch.cat([rec["Ab"], rec["Ab"].conj()], dim=-1)
+        eye = torch.eye(self.d_state, dtype=rec["Bb"].dtype, device=self.D.device)
+        Ab = dplr_matvec(rec["A1"], dplr_matvec(rec["A0"], eye[:, None, :])).permute(1, 2, 0)
+        return torch.linalg.eigvals(Ab.to(torch.complex128))
+
+    def kernel(self, L: int) -> torch.Tensor:
+        """The (causal) convolution kernel of each channel: (H, L) real."""
+        return self.ssm_kernel(L)[0]
+
     def _head(self, y: torch.Tensor) -> torch.Tensor:
         """GELU, dropout, then the GLU (or, glu=False, linear) output projection: (..., H) -> (..., H)."""
         out = self.output(self.dropout(F.gelu(y)))

@@ -236,6 +236,11 @@ class S5Mixer(nn.Module):
         """The S5 state x_{-1} = 0: (B, P/2) complex."""
         return self.ssm.initial_state(batch_size, device, dtype)
 
+    def discrete_eigenvalues(self) -> torch.Tensor:
+        """The discretized Lambda of the MIMO recurrence and its conjugates: (1, P) complex."""
+        Ab = self.ssm.discretize(self.ssm._real_dtype(self.ssm.D))[0]
+        return torch.cat([Ab, Ab.conj()])[None]
+
     def step(self, u_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u_t (B, H), state (B, P/2) -> (y_t (B, H), state): equal to forward() one position at a time."""
         y, state = self.ssm.step(u_t, state)

@@ -78,6 +78,17 @@ class NewtonRNNMixer(nn.Module):
                                 "newton_fallback": float(info["fallback"])}
         return self.out(h)
 
+    def cell_jacobians(self, x: torch.Tensor) -> torch.Tensor:
+        """The Jacobians df/dh_{t-1} of the cell along the trajectory from h_0 = 0 (sequential rollout):
+        (B, L, D) -> (B, L, d_state, d_state)."""
+        u = self.cell.drive(x)
+        jacobian = torch.func.vmap(torch.func.jacrev(self.cell.recurrence, argnums=0))
+        h, out = u.new_zeros(x.shape[0], self.d_state), []
+        for u_t in u.unbind(1):
+            out.append(jacobian(h, u_t))
+            h = self.cell.recurrence(h, u_t)
+        return torch.stack(out, 1)
+
     def initial_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
         """h_0 = 0: (B, d_state)."""
         return torch.zeros(batch_size, self.d_state, device=device, dtype=dtype)
