@@ -8,6 +8,7 @@ checked to fail with the clear error instead.
 import math
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from ssmbench.build import build_lit, build_model, build_task, trainer_config
@@ -40,4 +41,22 @@ def test_fast_dev_run(model, task, tmp_path):
         trainer.fit(lit, datamodule=dm)
         (result,) = trainer.test(lit, datamodule=dm, verbose=False)
         assert 0.0 <= result["test/acc"] <= 1.0
+        assert math.isfinite(result["test/loss"])
+
+
+@pytest.mark.parametrize("model", config_groups()["model"])
+def test_fast_dev_run_with_muon(model, tmp_path):
+    """Every model trains a batch with optimizer=muon (Muon on the blocks' 2-D weights, AdamW on the rest)."""
+    with composed(f"model={model}", "task=copy", "optimizer=muon", *SMALL, *SMALL_MIXER.get(model, []),
+                  output_dir=tmp_path / "run") as cfg:
+        dm = build_task(cfg)
+        net = build_model(cfg, dm)
+        lit = build_lit(cfg, net, dm)
+        trainer = instantiate(trainer_config(cfg), logger=False, callbacks=[], enable_checkpointing=False,
+                              enable_progress_bar=False)
+        before = {n: p.detach().clone() for n, p in net.named_parameters()}
+        trainer.fit(lit, datamodule=dm)
+        moved = [n for n, p in net.named_parameters() if not torch.equal(p.detach(), before[n])]
+        assert any(n.startswith("blocks.") for n in moved)
+        (result,) = trainer.test(lit, datamodule=dm, verbose=False)
         assert math.isfinite(result["test/loss"])
