@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from ssmbench.analyze.command import analyze, find_checkpoint
 from ssmbench.analyze.report import finite_json
-from ssmbench.analyze.spectra import (decay_numbers, delta_rule_numbers, jacobian_numbers, layer_numbers,
-                                      timescale_summary, timescales)
+from ssmbench.analyze.spectra import (decay_numbers, delta_rule_numbers, fixed_points, gramian_numbers, gramians,
+                                      jacobian_numbers, layer_numbers, reciprocal_roots, timescale_summary,
+                                      timescales)
 from ssmbench.errors import UserError
 from ssmbench.models.gated_deltanet import GatedDeltaNetMixer
 from ssmbench.models.hawk import HawkMixer
@@ -229,9 +230,179 @@ def test_analyze_a_trained_lru_run(tmp_path, monkeypatch):
         lti = layers[0]["lti"]
         assert {"eigenvalues", "tau_min", "tau_median", "tau_max", "frac_above_0.99", "tau_histogram"} <= set(lti)
         assert len(lti["eigenvalues"][0]) == 256 and 0 < lti["modulus_max"] < 1
+        assert lti["gramians"]["n_states"] == 512 and 0 < lti["gramians"]["controllability_rank"][0] <= 512
     init, trained = (results["states"][s][0]["lti"]["eigenvalues"] for s in ("init", "trained"))
     assert init != trained
     assert set(results["figures"]["files"]) == {"eigenvalues.png", "timescales.png"}
     for name in results["figures"]["files"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert run_cli("analyze", str(tmp_path / "absent")).returncode == 2
+
+
+def _truncated_gramians(lam, B, C, lags=2000):
+    """sum_{l < lags} Ab^l B B^* (Ab^*)^l and sum_l (Ab^*)^l C^* C Ab^l, Ab = diag(lambda), term by term."""
+    W_c, W_o = 0, 0
+    for l in range(lags):
+        Ab = torch.diag_embed(lam**l)
+        W_c = W_c + Ab @ B @ B.mH @ Ab.mH
+        W_o = W_o + Ab.mH @ C.mH @ C @ Ab
+    return W_c, W_o
+
+
+def _small_system():
+    """lambda (1, 4) with distinct eigenvalues, B (1, 4, 3), C (1, 2, 4) random: controllable and observable."""
+    g = torch.Generator().manual_seed(1)
+    lam = torch.tensor([[0.9, 0.5 + 0.3j, 0.5 - 0.3j, -0.7]], dtype=torch.complex128)
+    B = torch.randn(1, 4, 3, dtype=torch.complex128, generator=g)
+    C = torch.randn(1, 2, 4, dtype=torch.complex128, generator=g)
+    return lam, B, C
+
+
+def test_gramians_equal_the_truncated_sums():
+    lam, B, C = _small_system()
+    W_c, W_o = gramians(lam, B, C)
+    expected_c, expected_o = _truncated_gramians(lam[0], B[0], C[0])
+    torch.testing.assert_close(W_c[0], expected_c, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(W_o[0], expected_o, rtol=1e-10, atol=1e-12)
+    n = gramian_numbers(lam, B, C)
+    assert n["controllability_rank"] == [4] and n["observability_rank"] == [4] and n["n_states"] == 4
+    for name, W in (("controllability_cond", expected_c), ("observability_cond", expected_o)):
+        s = torch.linalg.svdvals(W)
+        assert n[name][0] == pytest.approx((s[0] / s[-1]).item(), rel=1e-6)
+    hankel = torch.linalg.eigvals(expected_c @ expected_o).abs().sqrt()
+    assert n["hankel_max"][0] == pytest.approx(hankel.max().item(), rel=1e-8)
+    assert n["hankel_min"][0] == pytest.approx(hankel.min().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("unused", [0, 1, 3])
+def test_states_the_input_does_not_reach_or_the_output_does_not_see_reduce_the_rank(unused):
+    """A diagonal system reaches state i iff row i of B is nonzero, sees it iff column i of C is."""
+    lam, B, C = _small_system()
+    B[:, 4 - unused:] = 0
+    C[:, :, :unused] = 0
+    n = gramian_numbers(lam, B, C)
+    assert n["controllability_rank"] == [4 - unused] and n["observability_rank"] == [4 - unused]
+    assert (n["controllability_cond"][0] == math.inf or n["controllability_cond"][0] > 1e12) == (unused > 0)
+    if unused == 3:    # states 0 (only reached) and 3 (only seen): nothing passes from input to output
+        assert n["hankel_max"][0] < 1e-6
+
+
+def test_repeated_eigenvalue_with_proportional_b_rows_is_one_state():
+    """Two states with the same lambda driven by B rows b and 2b move together: rank 3 of 4."""
+    lam, B, C = _small_system()
+    lam[0, 1] = lam[0, 0]
+    B[0, 1] = 2 * B[0, 0]
+    assert gramian_numbers(lam, B, C)["controllability_rank"] == [3]
+
+
+def test_unstable_system_has_no_gramian_numbers():
+    lam, B, C = _small_system()
+    B[:, 2:] = 0
+    lam2 = torch.cat([lam, lam * torch.tensor([1, 1, 1, 1.5])])
+    n = gramian_numbers(lam2, B.expand(2, -1, -1), C.expand(2, -1, -1))
+    assert n["controllability_rank"][0] == 2 and math.isnan(n["controllability_rank"][1])
+
+
+@pytest.mark.parametrize("make", [lambda: LRUMixer(3, d_state=2), lambda: S4Mixer(3, d_state=4, mode="diag"),
+                                  lambda: S5Mixer(3, d_state=4, blocks=1)], ids=["lru", "s4d", "s5"])
+def test_state_space_realizes_the_layer(make):
+    """The impulse response C lambda^l B of state_space() equals the layer's own (its kernel, or its
+    response to a unit impulse in one input channel with D set to 0)."""
+    torch.manual_seed(0)
+    mixer = make().double()
+    lam, B, C = mixer.state_space()
+    L = 6
+    powers = lam[:, None, :] ** torch.arange(L, dtype=torch.float64)[:, None]       # (S, L, N)
+    response = torch.einsum("son,sln,sni->sloi", C, powers, B)     # (S, L, H_out, H_in)
+    assert response.imag.abs().max() < 1e-12
+    if isinstance(mixer, S4Mixer):
+        torch.testing.assert_close(response.real[:, :, 0, 0], mixer.kernel(L))
+        return
+    ssm = mixer.lru if isinstance(mixer, LRUMixer) else mixer.ssm
+    with torch.no_grad():
+        ssm.D.zero_()
+    u = torch.zeros(1, L, 3, dtype=torch.float64)
+    u[0, 0, 1] = 1.0
+    torch.testing.assert_close(ssm(u)[0], response.real[0, :, :, 1])
+    assert len(layer_numbers(mixer, u, L)["lti"]["gramians"]["controllability_rank"]) == 1
+
+
+def test_s4_dplr_has_no_diagonal_state_space():
+    assert S4Mixer(2, d_state=4, mode="dplr", l_max=8).state_space() is None
+    assert "gramians" not in layer_numbers(S4Mixer(2, d_state=4, mode="dplr", l_max=8).double(),
+                                           torch.randn(1, 8, 2, dtype=torch.float64), 8)["lti"]
+
+
+def test_rtf_zeros_are_reciprocal_roots_of_b_sys():
+    """With a = 0 every pole is at 0, A^l_max = 0 and b_sys = b: b(z) = z (1 - 0.5 z)(1 + 0.8 z) has the
+    zeros 0.5 and -0.8 (reciprocal roots, as the poles); a leading b_1 = 0 is a zero at infinity."""
+    mixer = RTFMixer(2, d_state=3, l_max=8).double()
+    with torch.no_grad():
+        mixer.b.copy_(torch.tensor([[[1.0, 0.3, -0.4], [0.0, 2.0, -1.0]]]))
+    zeros = reciprocal_roots(mixer.numerator())
+    torch.testing.assert_close(zeros[0].real.sort().values, torch.tensor([-0.8, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(zeros[0].imag, torch.zeros(2, dtype=torch.float64))
+    assert zeros[1, 0] == 0.5 and math.isinf(zeros[1, 1].real)
+    lti = layer_numbers(mixer, torch.randn(1, 8, 2, dtype=torch.float64), 8)["lti"]
+    assert sorted(p[0] for p in lti["zeros"][0]) == pytest.approx([-0.8, 0.5])
+    assert lti["zeros"][1][1][0] == math.inf
+
+
+def test_rtf_numerator_is_the_stepped_system():
+    """With nonzero a, b_sys differs from b: its kernel (companion realization) is the layer's kernel."""
+    torch.manual_seed(0)
+    mixer = RTFMixer(1, d_state=2, l_max=6).double()
+    with torch.no_grad():
+        mixer.a.copy_(torch.tensor([[[-0.5, 0.06]]]))
+        mixer.b.copy_(torch.tensor([[[1.0, 0.7]]]))
+    b_sys = mixer.numerator()
+    assert not torch.allclose(b_sys, mixer.b[0])
+    K, w = [], torch.zeros(2, dtype=torch.float64)
+    for t in range(6):
+        w = torch.cat([(float(t == 0) - (mixer.a[0, 0] * w).sum())[None], w[:1]])
+        K.append((b_sys[0] * w).sum())
+    torch.testing.assert_close(torch.stack(K), mixer.kernel(6)[0])
+    assert torch.isnan(reciprocal_roots(torch.zeros(1, 3))).all()
+
+
+def _elman(weight):
+    mixer = NewtonRNNMixer(3, cell="elman", d_state=2, jacobian="none").double()
+    with torch.no_grad():
+        mixer.cell.recurrence.weight.copy_(weight[None])
+        mixer.cell.drive.bias.zero_()
+    return mixer
+
+
+def test_elman_zero_bias_contractive_fixed_point_is_zero():
+    """h = tanh(W h): h* = 0, Jacobian tanh'(0) W = W with spectral radius 0.8; every start reaches it."""
+    W = torch.tensor([[0.0, 0.8], [-0.8, 0.0]], dtype=torch.float64) @ torch.tensor([[1.0, 0.5], [0.0, 1.0]]).double()
+    W = W * 0.8 / torch.linalg.eigvals(W).abs().max()
+    n = layer_numbers(_elman(W), torch.randn(1, 3, 3, dtype=torch.float64), 3)["zero_input"]
+    assert n["not_converged"] == 0 and len(n["fixed_points"]) == 1
+    point = n["fixed_points"][0]
+    assert point["starts"] == 8 and point["stable"] and max(map(abs, point["state"])) < 1e-8
+    assert point["jacobian_radius"] == pytest.approx(0.8)
+    assert point["jacobian_norm"] == pytest.approx(torch.linalg.matrix_norm(W, ord=2).item())
+
+
+def test_elman_expanding_weight_has_unstable_zero_and_stable_nonzero_fixed_points():
+    """W = 1.5 I: h = 0 stays put (radius 1.5, unstable); the random starts go to h_i = +-x*, tanh(1.5 x*) = x*,
+    where the radius is 1.5 (1 - x*^2) < 1."""
+    x = 0.9
+    for _ in range(200):
+        x = math.tanh(1.5 * x)
+    n = fixed_points(_elman(1.5 * torch.eye(2, dtype=torch.float64)).free_step, torch.zeros(2, dtype=torch.float64))
+    zero, *others = n["fixed_points"]
+    assert zero["state"] == [0.0, 0.0] and zero["starts"] == 1 and not zero["stable"]
+    assert zero["jacobian_radius"] == pytest.approx(1.5)
+    assert others and n["not_converged"] == 0
+    for p in others:
+        assert [abs(v) for v in p["state"]] == pytest.approx([x, x]) and p["stable"]
+        assert p["jacobian_radius"] == pytest.approx(1.5 * (1 - x * x))
+
+
+def test_fixed_point_iteration_reports_non_convergence():
+    """h = tanh(W h) with W a rotation by 90 degrees times 3: random starts circle a limit cycle."""
+    W = 3 * torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+    n = fixed_points(_elman(W).free_step, torch.zeros(2, dtype=torch.float64))
+    assert n["not_converged"] == 7 and len(n["fixed_points"]) == 1 and not n["fixed_points"][0]["stable"]

@@ -42,8 +42,13 @@ def eigenvalue_plot(states: dict, path: Path) -> None:
         for state, lti in _each(states, "lti", i):
             pairs = [p for row in lti["eigenvalues"] for p in row]
             ax.scatter([p[0] for p in pairs], [p[1] for p in pairs], s=6, alpha=0.6, color=COLORS[state], label=state)
+            zeros = [p for row in lti.get("zeros", []) for p in row if all(map(math.isfinite, p))]
+            if zeros:
+                ax.scatter([p[0] for p in zeros], [p[1] for p in zeros], s=14, marker="o", facecolors="none",
+                           edgecolors=COLORS[state], label=f"{state} zeros")
         ax.set_aspect("equal")
-        ax.set_title(f"layer {i}: eigenvalues")
+        has_zeros = any("zeros" in lti for _, lti in _each(states, "lti", i))
+        ax.set_title(f"layer {i}: eigenvalues" + (" (dots), zeros (circles)" if has_zeros else ""))
         ax.set_xlabel("Re lambda")
         ax.set_ylabel("Im lambda")
         ax.legend(fontsize="small")

@@ -157,6 +157,14 @@ class LRUMixer(nn.Module):
         """The lambda of the recurrence x_t = lambda x_{t-1} + ...: (1, N) complex (analysis: `ssmbench analyze`)."""
         return self.lru.lam(self.lru._real_dtype(self.lru.D))[None]
 
+    def state_space(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The LRU as one real diagonal system (`ssmbench analyze`'s Gramians), each complex state beside
+        its conjugate, y = Re(C x) = (C x + conj(C x)) / 2: lambda (1, 2N), B (1, 2N, H), C (1, H, 2N) complex."""
+        lam = self.discrete_eigenvalues()[0]
+        b = torch.exp(self.lru.gamma_log.to(lam.real.dtype))[:, None] * self.lru.B.to(lam.dtype)
+        c = self.lru.C.to(lam.dtype) / 2
+        return torch.cat([lam, lam.conj()])[None], torch.cat([b, b.conj()])[None], torch.cat([c, c.conj()], -1)[None]
+
     def step(self, u_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u_t (B, H), state (B, N) -> (y_t (B, H), state): equal to forward() one position at a time."""
         y, state = self.lru.step(u_t, state)

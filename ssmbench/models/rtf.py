@@ -105,6 +105,10 @@ class RTFMixer(nn.Module):
         a = self.denominator()[0].double()
         return torch.linalg.eigvals(companion(a, torch.zeros_like(a))[0])
 
+    def numerator(self) -> torch.Tensor:
+        """b_sys (H, N), the numerator of the system step() realizes (`ssmbench analyze`'s zeros)."""
+        return self.recurrence()[1]
+
     def kernel(self, L: int) -> torch.Tensor:
         """The (causal) convolution kernel of each channel: (H, L) real."""
         return self.ssm_kernel(L)[0]

@@ -228,6 +228,16 @@ class S4Mixer(nn.Module):
         Ab = dplr_matvec(rec["A1"], dplr_matvec(rec["A0"], eye[:, None, :])).permute(1, 2, 0)
         return torch.linalg.eigvals(Ab.to(torch.complex128))
 
+    def state_space(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Mode diag: each channel's (causal) system with its conjugate half spelled out, y = 2 Re(C x) =
+        [C, conj C] [x; conj x] (`ssmbench analyze`'s Gramians): lambda (H, N), B (H, N, 1), C (H, 1, N)
+        complex. None for mode dplr, whose state matrix is not diagonal."""
+        if self.mode != "diag":
+            return None
+        rec = self._recurrence()
+        full = lambda t: torch.cat([t, t.conj()], dim=-1)  # noqa: E731
+        return full(rec["Ab"]), full(rec["Bb"])[..., None], full(rec["C"] / 2)[:, None, :]
+
     def kernel(self, L: int) -> torch.Tensor:
         """The (causal) convolution kernel of each channel: (H, L) real."""
         return self.ssm_kernel(L)[0]

@@ -241,6 +241,13 @@ class S5Mixer(nn.Module):
         Ab = self.ssm.discretize(self.ssm._real_dtype(self.ssm.D))[0]
         return torch.cat([Ab, Ab.conj()])[None]
 
+    def state_space(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The forward MIMO system with its conjugate half spelled out, y = 2 Re(C~ x) = [C~, conj C~] [x; conj x]
+        (`ssmbench analyze`'s Gramians): lambda (1, P), B (1, P, H), C (1, H, P) complex."""
+        Ab, Bb = self.ssm.discretize(self.ssm._real_dtype(self.ssm.D))
+        C = torch.view_as_complex(self.ssm.C[0].to(Ab.real.dtype))
+        return torch.cat([Ab, Ab.conj()])[None], torch.cat([Bb, Bb.conj()])[None], torch.cat([C, C.conj()], -1)[None]
+
     def step(self, u_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u_t (B, H), state (B, P/2) -> (y_t (B, H), state): equal to forward() one position at a time."""
         y, state = self.ssm.step(u_t, state)

@@ -89,6 +89,11 @@ class NewtonRNNMixer(nn.Module):
             h = self.cell.recurrence(h, u_t)
         return torch.stack(out, 1)
 
+    def free_step(self, h: torch.Tensor) -> torch.Tensor:
+        """f(h, x = 0), the cell with zero input (`ssmbench analyze`'s fixed points):
+        (..., d_state) -> (..., d_state)."""
+        return self.cell(h, h.new_zeros(*h.shape[:-1], self.cell.drive.in_features))
+
     def initial_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
         """h_0 = 0: (B, d_state)."""
         return torch.zeros(batch_size, self.d_state, device=device, dtype=dtype)
