@@ -1,7 +1,8 @@
 """Sequence models: `backbone.SequenceModel` (encoder -> blocks -> pool -> decoder) and one mixer per module.
 
 The mixer contract (every module here implements one, except the shared parts: backbone.py, params.py,
-dropout.py, short_conv.py and step_size.py; a mixer with helpers of its own is a package, e.g. nrnn/ = mixer.py + cells.py):
+dropout.py, short_conv.py, step_size.py and kernel_conv.py; a mixer with helpers of its own is a package,
+e.g. nrnn/ = mixer.py + cells.py):
 
     class SomeMixer(nn.Module):
         causal: bool                                   # True if y_t depends only on x_{<=t}

@@ -35,19 +35,18 @@ bidirectional=True: a second (a, b) per channel gives an anti-causal kernel, com
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ssmbench.core.fftconv import bidirectional_conv, causal_conv
 from ssmbench.core.rtf import companion, rtf_kernel
 from ssmbench.core.ssm_kernel import c_from_ct
 from ssmbench.models.dropout import SequenceDropout
+from ssmbench.models.kernel_conv import KernelConvLayer
 from ssmbench.models.params import set_optim
 
 STABLE_EPS = 1e-6  # ruke1ire/RTF@rtf.py, l1_montel_constraint
 
 
-class RTFMixer(nn.Module):
+class RTFMixer(KernelConvLayer, nn.Module):
     def __init__(
         self,
         d_model: int,
@@ -109,23 +108,10 @@ class RTFMixer(nn.Module):
         """b_sys (H, N), the numerator of the system step() realizes (`ssmbench analyze`'s zeros)."""
         return self.recurrence()[1]
 
-    def kernel(self, L: int) -> torch.Tensor:
-        """The (causal) convolution kernel of each channel: (H, L) real."""
-        return self.ssm_kernel(L)[0]
-
-    def _head(self, y: torch.Tensor) -> torch.Tensor:
-        """GELU, dropout, then the GLU (or, glu=False, linear) output projection: (..., H) -> (..., H)."""
-        out = self.output(self.dropout(F.gelu(y)))
-        return F.glu(out, dim=-1) if self.glu else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, H) -> (B, L, H) by FFT convolution with the RTF kernel."""
-        u = x.transpose(1, 2)
-        K = self.ssm_kernel(u.shape[-1])
-        uk = u.to(K.dtype)
-        y = bidirectional_conv(uk, K[0], K[1]) if self.bidirectional else causal_conv(uk, K[0])
-        y = (y + self.D.to(K.dtype)[:, None] * uk).to(x.dtype)
-        return self._head(y.transpose(1, 2))
+        return self.convolve(x, self.ssm_kernel(x.shape[1]))
 
     def _recurrence(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, b_sys), each (H, N): the denominator and b_sys = b (I - A^l_max)^{-1} (solved in float64)."""

@@ -55,10 +55,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmbench.core.discretize import bilinear_diag, bilinear_dplr, dplr_matvec, zoh_diag
-from ssmbench.core.fftconv import bidirectional_conv, causal_conv
 from ssmbench.core.hippo import MEASURES, dplr
 from ssmbench.core.ssm_kernel import c_from_ct, kernel_diag, kernel_dplr
 from ssmbench.models.dropout import SequenceDropout
+from ssmbench.models.kernel_conv import KernelConvLayer
 from ssmbench.models.params import set_optim
 from ssmbench.models.step_size import inverse_softplus, log_uniform_dt
 
@@ -120,7 +120,7 @@ def _check_options(d_model: int, d_state: int, mode: str, init: str, l_max: int 
     return disc
 
 
-class S4Mixer(nn.Module):
+class S4Mixer(KernelConvLayer, nn.Module):
     def __init__(
         self,
         d_model: int,
@@ -238,24 +238,11 @@ class S4Mixer(nn.Module):
         full = lambda t: torch.cat([t, t.conj()], dim=-1)  # noqa: E731
         return full(rec["Ab"]), full(rec["Bb"])[..., None], full(rec["C"] / 2)[:, None, :]
 
-    def kernel(self, L: int) -> torch.Tensor:
-        """The (causal) convolution kernel of each channel: (H, L) real."""
-        return self.ssm_kernel(L)[0]
-
-    def _head(self, y: torch.Tensor) -> torch.Tensor:
-        """GELU, dropout, then the GLU (or, glu=False, linear) output projection: (..., H) -> (..., H)."""
-        out = self.output(self.dropout(F.gelu(y)))
-        return F.glu(out, dim=-1) if self.glu else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, H) -> (B, L, H) by convolution with the SSM kernel."""
-        u = x.transpose(1, 2)
-        L = u.shape[-1]
-        K = self._cached("kernel", lambda: self.ssm_kernel(L), L)
-        uk = u.to(K.dtype)
-        y = bidirectional_conv(uk, K[0], K[1]) if self.bidirectional else causal_conv(uk, K[0])
-        y = (y + self.D.to(K.dtype)[:, None] * uk).to(x.dtype)
-        return self._head(y.transpose(1, 2))
+        L = x.shape[1]
+        return self.convolve(x, self._cached("kernel", lambda: self.ssm_kernel(L), L))
 
     def _recurrence(self) -> dict:
         """The discrete recurrence (computed in complex128, cast to the parameters' dtype):
