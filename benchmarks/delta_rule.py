@@ -25,13 +25,13 @@ the relative error max|o - o_rec| / max|o_rec| of the outputs against the recurr
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from measure import cpu_peak_bytes_here, fwd_bwd_with_state, method_row, peak_bytes, timed, use_device_and_threads
+from measure import Method, method_table_args, run_method_table
 from ssmbench.core.delta_rule import (delta_rule_chunkwise, delta_rule_reference, gated_delta_rule_chunkwise,
                                       gated_delta_rule_recurrent)
 
@@ -39,7 +39,7 @@ B, H, D = 4, 4, 64
 CHUNKS = (32, 64)
 
 
-def inputs(length: int, dtype: torch.dtype, device: str, gated: bool, seed: int = 0) -> list[torch.Tensor]:
+def inputs(length: int, dtype: torch.dtype, device: str, *, gated: bool, seed: int = 0) -> list[torch.Tensor]:
     """q, k, v, beta (and g when gated) for one length."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, H, length, D, generator=g) * D**-0.5
@@ -69,59 +69,26 @@ def fla_naive_chunk():
     return run
 
 
-def methods() -> dict:
-    """label -> (function, gated); the first method of each rule (gated or not) is its recurrent form."""
-    table = {"recurrent": (delta_rule_reference, False)}
+def methods() -> dict[str, Method]:
+    """label -> Method; the recurrent form of each rule (gated or not) is the baseline of the rows below it."""
+    plain, gated = partial(inputs, gated=False), partial(inputs, gated=True)
+    table = {"recurrent": Method(delta_rule_reference, plain, baseline=True)}
     for c in CHUNKS:
-        table[f"chunkwise {c}"] = (lambda *t, c=c: delta_rule_chunkwise(*t, chunk_size=c), False)
-    table["gated recurrent"] = (gated_delta_rule_recurrent, True)
+        table[f"chunkwise {c}"] = Method(partial(delta_rule_chunkwise, chunk_size=c), plain)
+    table["gated recurrent"] = Method(gated_delta_rule_recurrent, gated, baseline=True)
     for c in CHUNKS:
-        table[f"gated chunkwise {c}"] = (lambda *t, c=c: gated_delta_rule_chunkwise(*t, chunk_size=c), True)
+        table[f"gated chunkwise {c}"] = Method(partial(gated_delta_rule_chunkwise, chunk_size=c), gated)
     fla = fla_naive_chunk()
     if fla is not None:
-        table["fla naive chunk 64"] = (fla, True)
+        table["fla naive chunk 64"] = Method(fla, gated)
     return table
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--quick", action="store_true", help="L in {512, 2048} only, one timed repeat")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                        help="input dtype (the rule accumulates in float32 either way)")
-    parser.add_argument("--peak-of", nargs=2, metavar=("L", "METHOD"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    use_device_and_threads(args.device, args.threads)
-    dtype = getattr(torch, args.dtype)
-    lengths = [512, 2048] if args.quick else [512, 2048, 8192]
-    repeat = 1 if args.quick else args.repeat
-    name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    if args.peak_of:
-        length, label = int(args.peak_of[0]), args.peak_of[1]
-        fn, gated = methods()[label]
-        tensors = inputs(length, dtype, "cpu", gated)
-        print(cpu_peak_bytes_here(lambda: fwd_bwd_with_state(fn, tensors)))
-        return
-    peak_options = ["--dtype", args.dtype] + (["--threads", str(args.threads)] if args.threads else [])
-    print(f"delta rule and gated delta rule forward+backward, B={B}, H={H}, Dk=Dv={D}, {args.dtype}; {name}; "
-          f"torch {torch.__version__}")
-    header = f"{'L':>6} {'method':>18} {'wall ms':>10} {'cpu ms':>10} {'speed-up':>9} {'peak MB':>9} {'err o':>9}"
-    print(header)
-    print("-" * len(header))
-    for length in lengths:
-        base_wall = reference = None
-        for label, (fn, gated) in methods().items():
-            tensors = inputs(length, dtype, args.device, gated)
-            wall, cpu = timed(lambda: fwd_bwd_with_state(fn, tensors), args.device, repeat)
-            o = fwd_bwd_with_state(fn, tensors).float()
-            if "recurrent" in label:
-                base_wall, reference = wall, o
-            peak = peak_bytes(lambda: fwd_bwd_with_state(fn, tensors), args.device, __file__,
-                              [str(length), label, *peak_options])
-            err = float((o - reference).abs().max() / reference.abs().max())
-            print(method_row(length, label, 18, wall, cpu, base_wall, peak, err, args.device), flush=True)
+    args = method_table_args(__doc__, [512, 2048, 8192], [512, 2048],
+                             "input dtype (the rule accumulates in float32 either way)")
+    run_method_table(args, __file__, f"delta rule and gated delta rule forward+backward, B={B}, H={H}, Dk=Dv={D}",
+                     methods(), "o")
 
 
 if __name__ == "__main__":

@@ -32,9 +32,19 @@ Two helpers every script needs besides:
                                              torch.set_num_threads(threads) when threads is given.
     fwd_bwd_with_state(fn, tensors)          out, state = fn(*leaves) on fresh leaves of `tensors`,
                                              backward of sum(out) + sum(state); returns out (detached).
-    method_row(length, label, width, wall, cpu, base_wall, peak, err, device)
-                                             one row of the L / method / wall / cpu / speed-up / peak / error
-                                             table the recurrent-vs-chunkwise scripts print.
+
+The recurrent-vs-chunkwise scripts (delta_rule.py, ssd.py, linear_attention.py) share their command line and
+their table:
+
+    method_table_args(doc, lengths, quick_lengths, dtype_help)
+                                 --device, --quick, --threads, --repeat, --dtype, the hidden --peak-of L METHOD;
+                                 sets device and threads; adds `lengths`, `repeat` (1 under --quick), `dtype`.
+    run_method_table(args, script, title, methods, error_name, timed_once=None)
+                                 `methods`: label -> Method(fn, inputs(length, dtype, device), baseline). For each
+                                 length and method: the median wall / CPU time of forward + backward, the speed-up
+                                 over the last baseline method above it, the peak memory (in a fresh process on a
+                                 CPU) and max|out - out_base| / max|out_base|; with --peak-of, only that method's
+                                 peak in this process. timed_once(label, length, args): time that one once, no warm-up.
 
 The benchmarks are run as `python benchmarks/<name>.py`, which puts this folder on sys.path, so they
 import this module as `measure`.
@@ -42,13 +52,14 @@ import this module as `measure`.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import re
 import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -125,13 +136,64 @@ def peak_bytes(run: Callable[[], object], device: str, script: str, args: list[s
     return cpu_peak_bytes_in_fresh_process(script, args)
 
 
-def method_row(length: int, label: str, width: int, wall: float, cpu: float, base_wall: float, peak: float,
-               err: float, device: str) -> str:
-    """`length label wall-ms cpu-ms speed-up peak-MB error`, the label right-aligned in `width` characters
-    (cpu ms is "-" off the CPU, where process time does not count the device's work)."""
-    cpu_ms = f"{1e3 * cpu:>10.1f}" if torch.device(device).type == "cpu" else f"{'-':>10}"
-    return (f"{length:>6} {label:>{width}} {1e3 * wall:>10.1f} {cpu_ms} {base_wall / wall:>8.1f}x "
-            f"{peak / 2**20:>9.1f} {err:>9.1e}")
+class Method(NamedTuple):
+    fn: Callable
+    inputs: Callable[[int, torch.dtype, str], list[torch.Tensor]]
+    baseline: bool = False
+
+
+def method_table_args(doc: str, lengths: list[int], quick_lengths: list[int], dtype_help: str) -> argparse.Namespace:
+    """The scripts' shared command line (module docstring), parsed; device and threads set."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--quick", action="store_true", help=f"L in {quick_lengths} only, one timed repeat")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help=dtype_help)
+    parser.add_argument("--peak-of", nargs=2, metavar=("L", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    use_device_and_threads(args.device, args.threads)
+    args.lengths = quick_lengths if args.quick else lengths
+    args.repeat = 1 if args.quick else args.repeat
+    args.dtype = getattr(torch, args.dtype)
+    return args
+
+
+def run_method_table(args: argparse.Namespace, script: str, title: str, methods: dict[str, Method],
+                     error_name: str, timed_once: Callable[[str, int, argparse.Namespace], bool] | None = None) -> None:
+    """Print the table of the module docstring (or, with --peak-of, one peak) for `methods`."""
+    if args.peak_of:
+        length, label = int(args.peak_of[0]), args.peak_of[1]
+        method = methods[label]
+        tensors = method.inputs(length, args.dtype, "cpu")
+        print(cpu_peak_bytes_here(lambda: fwd_bwd_with_state(method.fn, tensors)))
+        return
+    name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    dtype_name = str(args.dtype).removeprefix("torch.")
+    peak_options = ["--dtype", dtype_name] + (["--threads", str(args.threads)] if args.threads else [])
+    width = max(map(len, methods))
+    print(f"{title}, {dtype_name}; {name}; torch {torch.__version__}")
+    header = (f"{'L':>6} {'method':>{width}} {'wall ms':>10} {'cpu ms':>10} {'speed-up':>9} {'peak MB':>9} "
+              f"{'err ' + error_name:>9}")
+    print(header)
+    print("-" * len(header))
+    for length in args.lengths:
+        base_wall = reference = None
+        for label, method in methods.items():
+            tensors = method.inputs(length, args.dtype, args.device)
+            once = timed_once is not None and timed_once(label, length, args)
+            last = {}
+            wall, cpu = timed(lambda: last.update(out=fwd_bwd_with_state(method.fn, tensors)), args.device,
+                              1 if once else args.repeat, warmup=not once)
+            out = last.pop("out").float()
+            if method.baseline:
+                base_wall, reference = wall, out
+            peak = peak_bytes(lambda: fwd_bwd_with_state(method.fn, tensors), args.device, script,
+                              [str(length), label, *peak_options])
+            err = float((out - reference).abs().max() / reference.abs().max())
+            cpu_ms = f"{1e3 * cpu:>10.1f}" if torch.device(args.device).type == "cpu" else f"{'-':>10}"
+            print(f"{length:>6} {label:>{width}} {1e3 * wall:>10.1f} {cpu_ms} {base_wall / wall:>8.1f}x "
+                  f"{peak / 2**20:>9.1f} {err:>9.1e}", flush=True)
 
 
 def use_device_and_threads(device: str, threads: int | None) -> None:

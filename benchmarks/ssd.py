@@ -19,12 +19,12 @@ the relative error max|y - y_rec| / max|y_rec| of the outputs against the recurr
 
 from __future__ import annotations
 
-import argparse
 import math
+from functools import partial
 
 import torch
 
-from measure import cpu_peak_bytes_here, fwd_bwd_with_state, method_row, peak_bytes, timed, use_device_and_threads
+from measure import Method, method_table_args, run_method_table
 from ssmbench.core.ssd import ssd_chunkwise, ssd_recurrent
 
 BT, H, P, N, G = 4, 8, 64, 64, 1
@@ -42,53 +42,22 @@ def inputs(length: int, dtype: torch.dtype, device: str, seed: int = 0) -> list[
     return [t.to(device=device, dtype=dtype) for t in (x, dt, A, B, C)]
 
 
-def methods() -> dict:
-    table = {"recurrent": ssd_recurrent}
+def methods() -> dict[str, Method]:
+    table = {"recurrent": Method(ssd_recurrent, inputs, baseline=True)}
     for c in CHUNKS:
-        table[f"chunkwise {c}"] = lambda *t, c=c: ssd_chunkwise(*t, chunk_size=c)
+        table[f"chunkwise {c}"] = Method(partial(ssd_chunkwise, chunk_size=c), inputs)
     return table
 
 
+def recurrent_at_the_longest(label: str, length: int, args) -> bool:
+    """The recurrent form at the longest length (tens of seconds a run) is timed once, without warm-up."""
+    return label == "recurrent" and length == max(args.lengths) and not args.quick
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--quick", action="store_true", help="L in {512, 2048} only, one timed repeat")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                        help="input dtype (SSD computes in float32 either way)")
-    parser.add_argument("--peak-of", nargs=2, metavar=("L", "METHOD"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    use_device_and_threads(args.device, args.threads)
-    dtype = getattr(torch, args.dtype)
-    lengths = [512, 2048] if args.quick else [2048, 8192]
-    repeat = 1 if args.quick else args.repeat
-    name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    if args.peak_of:
-        length, label = int(args.peak_of[0]), args.peak_of[1]
-        fn, tensors = methods()[label], inputs(length, dtype, "cpu")
-        print(cpu_peak_bytes_here(lambda: fwd_bwd_with_state(fn, tensors)))
-        return
-    peak_options = ["--dtype", args.dtype] + (["--threads", str(args.threads)] if args.threads else [])
-    print(f"SSD forward+backward, Bt={BT}, H={H}, P={P}, N={N}, G={G}, {args.dtype}; {name}; torch {torch.__version__}")
-    header = f"{'L':>6} {'method':>14} {'wall ms':>10} {'cpu ms':>10} {'speed-up':>9} {'peak MB':>9} {'err y':>9}"
-    print(header)
-    print("-" * len(header))
-    for length in lengths:
-        tensors = inputs(length, dtype, args.device)
-        base_wall = reference = None
-        for label, fn in methods().items():
-            once_only = label == "recurrent" and length == max(lengths) and not args.quick
-            last = {}
-            wall, cpu = timed(lambda: last.update(y=fwd_bwd_with_state(fn, tensors)), args.device,
-                              1 if once_only else repeat, warmup=not once_only)
-            y = last.pop("y").float()
-            if reference is None:
-                base_wall, reference = wall, y
-            peak = peak_bytes(lambda: fwd_bwd_with_state(fn, tensors), args.device, __file__,
-                              [str(length), label, *peak_options])
-            err = float((y - reference).abs().max() / reference.abs().max())
-            print(method_row(length, label, 14, wall, cpu, base_wall, peak, err, args.device), flush=True)
+    args = method_table_args(__doc__, [2048, 8192], [512, 2048], "input dtype (SSD computes in float32 either way)")
+    run_method_table(args, __file__, f"SSD forward+backward, Bt={BT}, H={H}, P={P}, N={N}, G={G}", methods(), "y",
+                     timed_once=recurrent_at_the_longest)
 
 
 if __name__ == "__main__":
