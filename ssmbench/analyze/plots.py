@@ -23,6 +23,12 @@ def _figure(n: int):
     return plt, fig, axes[0]
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _each(states: dict, key: str, layer_index: int):
     """(state, that layer's `key` entry) for each state that has it."""
     for state, layers in states.items():
@@ -52,41 +58,35 @@ def eigenvalue_plot(states: dict, path: Path) -> None:
         ax.set_xlabel("Re lambda")
         ax.set_ylabel("Im lambda")
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
-def timescale_plot(states: dict, key: str, seq_len: int, path: Path) -> None:
+def _histogram_plot(states: dict, key: str, hist_key: str, title: str, xlabel: str, path: Path,
+                    seq_len: int | None = None) -> None:
+    """One panel per layer with the `hist_key` histogram of trained and init; with seq_len, a log x axis and a
+    line at seq_len."""
     layers = _panels(states, key)
     plt, fig, axes = _figure(len(layers))
     for ax, i in zip(axes, layers):
         for state, entry in _each(states, key, i):
-            hist = entry["tau_histogram"]
+            hist = entry[hist_key]
             ax.stairs(hist["counts"], hist["edges"], color=COLORS[state], label=state)
-        ax.axvline(seq_len, color="black", ls="--", lw=1, label=f"seq_len {seq_len}")
-        ax.set_xscale("log")
-        ax.set_title(f"layer {i}: timescales ({key})")
-        ax.set_xlabel("tau = -1 / log|lambda| (steps)")
+        if seq_len is not None:
+            ax.axvline(seq_len, color="black", ls="--", lw=1, label=f"seq_len {seq_len}")
+            ax.set_xscale("log")
+        ax.set_title(f"layer {i}: {title}")
+        ax.set_xlabel(xlabel)
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
+
+
+def timescale_plot(states: dict, key: str, seq_len: int, path: Path) -> None:
+    _histogram_plot(states, key, "tau_histogram", f"timescales ({key})", "tau = -1 / log|lambda| (steps)", path,
+                    seq_len)
 
 
 def decay_plot(states: dict, path: Path) -> None:
-    layers = _panels(states, "decays")
-    plt, fig, axes = _figure(len(layers))
-    for ax, i in zip(axes, layers):
-        for state, entry in _each(states, "decays", i):
-            hist = entry["decay_histogram"]
-            ax.stairs(hist["counts"], hist["edges"], color=COLORS[state], label=state)
-        ax.set_title(f"layer {i}: per-step decay")
-        ax.set_xlabel("decay a_t")
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _histogram_plot(states, "decays", "decay_histogram", "per-step decay", "decay a_t", path)
 
 
 def kernel_plot(states: dict, path: Path) -> None:
@@ -99,9 +99,7 @@ def kernel_plot(states: dict, path: Path) -> None:
         ax.set_title(f"layer {i}: impulse response (first channels)")
         ax.set_xlabel("lag (steps)")
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def write_plots(states: dict, seq_len: int, out: Path) -> dict:

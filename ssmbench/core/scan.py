@@ -167,19 +167,25 @@ def _broadcasts_to(shape: torch.Size, target: tuple[int, ...]) -> bool:
     return len(shape) <= len(target) and all(n in (1, m) for n, m in zip(reversed(shape), reversed(target)))
 
 
-def _check(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, name: str) -> torch.dtype:
-    """Validate the shapes; return the dtype of h (a, b, h0 promoted)."""
+def _promoted(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, name: str, prefix: str = "") -> torch.dtype:
+    """Validate the shapes of a scan's a, b, h0 (named with `prefix`, e.g. log_a); return their promoted dtype."""
     if b.dim() != 3:
-        raise ValueError(f"{name}: b must be (B, L, D), got shape {tuple(b.shape)}")
+        raise ValueError(f"{name}: {prefix}b must be (B, L, D), got shape {tuple(b.shape)}")
     if not _broadcasts_to(a.shape, tuple(b.shape)):
-        raise ValueError(f"{name}: a of shape {tuple(a.shape)} does not broadcast to b of shape {tuple(b.shape)}; "
-                         f"give a as (D,), (1, 1, D) or (B, L, D)")
+        raise ValueError(f"{name}: {prefix}a of shape {tuple(a.shape)} does not broadcast to {prefix}b of shape "
+                         f"{tuple(b.shape)}; give {prefix}a as (D,), (1, 1, D) or (B, L, D)")
     dtype = torch.promote_types(a.dtype, b.dtype)
     if h0 is not None:
         target = (b.shape[0], b.shape[2])
         if not _broadcasts_to(h0.shape, target):
-            raise ValueError(f"{name}: h0 must be (B, D) = {target}, got shape {tuple(h0.shape)}")
+            raise ValueError(f"{name}: {prefix}h0 must be (B, D) = {target}, got shape {tuple(h0.shape)}")
         dtype = torch.promote_types(dtype, h0.dtype)
+    return dtype
+
+
+def _check(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, name: str) -> torch.dtype:
+    """Validate the shapes; return the dtype of h (a, b, h0 promoted)."""
+    dtype = _promoted(a, b, h0, name)
     if not (dtype.is_floating_point or dtype.is_complex):
         raise ValueError(f"{name}: a and b must be real or complex floating point, got {a.dtype} and {b.dtype}")
     return dtype
@@ -321,17 +327,7 @@ class _LogLinearScan(torch.autograd.Function):
 
 def _check_log(log_a: torch.Tensor, log_b: torch.Tensor, log_h0: torch.Tensor | None, name: str) -> torch.dtype:
     """Validate the shapes of a log-space scan; return the real floating dtype of log h."""
-    if log_b.dim() != 3:
-        raise ValueError(f"{name}: log_b must be (B, L, D), got shape {tuple(log_b.shape)}")
-    if not _broadcasts_to(log_a.shape, tuple(log_b.shape)):
-        raise ValueError(f"{name}: log_a of shape {tuple(log_a.shape)} does not broadcast to log_b of shape "
-                         f"{tuple(log_b.shape)}; give log_a as (D,), (1, 1, D) or (B, L, D)")
-    dtype = torch.promote_types(log_a.dtype, log_b.dtype)
-    if log_h0 is not None:
-        target = (log_b.shape[0], log_b.shape[2])
-        if not _broadcasts_to(log_h0.shape, target):
-            raise ValueError(f"{name}: log_h0 must be (B, D) = {target}, got shape {tuple(log_h0.shape)}")
-        dtype = torch.promote_types(dtype, log_h0.dtype)
+    dtype = _promoted(log_a, log_b, log_h0, name, prefix="log_")
     if not dtype.is_floating_point:
         raise ValueError(f"{name}: log_a, log_b and log_h0 must be real floating point (logs of positive numbers), "
                          f"got {log_a.dtype} and {log_b.dtype}")
