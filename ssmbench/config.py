@@ -35,7 +35,8 @@ def config_groups(root: Path | None = None) -> dict[str, list[str]]:
 def register_resolvers() -> None:
     """`${add:a,b,...}` and `${mul:a,b,...}`: the sum and the product of numbers, and `${factorial:n}`, n!, for
     task metadata derived from other keys (vocab_size = n_symbols + 2, seq_len = resolution * resolution,
-    the n! permutations of the word problem).
+    the n! permutations of the word problem). `${longest:a,b,...}`: the largest of the values that are not null,
+    the length a model sizes its tables and kernels by (the longest of seq_len and a synthetic task's test_seq_len).
     `${unique:}`: 6 random hex digits, drawn once per config (cached like Hydra's `${now:}`, whose cache a
     multirun copies to every job), that make run directories started in the same second distinct."""
     if not OmegaConf.has_resolver("add"):
@@ -44,6 +45,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("mul", lambda *xs: math.prod(xs))
     if not OmegaConf.has_resolver("factorial"):
         OmegaConf.register_new_resolver("factorial", math.factorial)
+    if not OmegaConf.has_resolver("longest"):
+        OmegaConf.register_new_resolver("longest", lambda *xs: max(x for x in xs if x is not None))
     if not OmegaConf.has_resolver("unique"):
         OmegaConf.register_new_resolver("unique", lambda: secrets.token_hex(3), use_cache=True)
 

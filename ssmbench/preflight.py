@@ -5,7 +5,7 @@ value fails in one line naming its key (and what would be valid) instead of deep
     optimizer.lr, optimizer.muon_lr       finite and > 0;  optimizer.weight_decay, optimizer.muon_weight_decay
                                           finite and >= 0
     sizes under task.* and model.*        integers >= 1: keys named n_*, d_*, num_*, *_size, seq_len,
-                                          max_len (num_workers >= 0); null where the config allows it
+                                          test_seq_len, max_len (num_workers >= 0); null where the config allows it
     ckpt_path                             an existing file, a readable ssmbench checkpoint, trained with
                                           the model this run builds
 """
@@ -22,7 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ssmbench.errors import UserError
 
-SIZE_KEY = re.compile(r"^(n_\w+|d_\w+|num_\w+|\w+_size|seq_len|max_len)$")
+SIZE_KEY = re.compile(r"^(n_\w+|d_\w+|num_\w+|\w+_size|seq_len|test_seq_len|max_len)$")
 NON_NEGATIVE = {"num_workers"}
 
 

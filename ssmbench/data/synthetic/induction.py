@@ -20,10 +20,9 @@ three never share a draw and the same seed gives the same data.
 from __future__ import annotations
 
 import torch
-from torch.utils.data import TensorDataset
 
-from ssmbench.data.base import IGNORE_INDEX, SequenceDataModule
-from ssmbench.data.synthetic import draw_splits
+from ssmbench.data.base import IGNORE_INDEX
+from ssmbench.data.synthetic import SyntheticTask
 
 
 def induction_examples(
@@ -44,16 +43,14 @@ def induction_examples(
     return x, y
 
 
-class InductionDataModule(SequenceDataModule):
-    def __init__(self, *, n_symbols: int = 15, n_train: int = 8000, n_val: int = 1000, n_test: int = 1000,
-                 **metadata):
+class InductionDataModule(SyntheticTask):
+    def __init__(self, *, n_symbols: int = 15, **metadata):
         super().__init__(**metadata)
         if self.vocab_size != n_symbols + 1:
             raise ValueError(
                 f"task induction: vocab_size must be n_symbols + 1 = {n_symbols + 1}, got {self.vocab_size}"
             )
         self.n_symbols = n_symbols
-        self.sizes = (n_train, n_val, n_test)
 
-    def load_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
-        return draw_splits(self.sizes, self.seed, lambda n, g: induction_examples(n, self.seq_len, self.n_symbols, g))
+    def examples(self, n: int, seq_len: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return induction_examples(n, seq_len, self.n_symbols, generator)

@@ -23,10 +23,9 @@ example. Train, validation and test sets are drawn one after another from one ge
 from __future__ import annotations
 
 import torch
-from torch.utils.data import TensorDataset
 
-from ssmbench.data.base import IGNORE_INDEX, SequenceDataModule
-from ssmbench.data.synthetic import draw_splits
+from ssmbench.data.base import IGNORE_INDEX
+from ssmbench.data.synthetic import SyntheticTask
 
 
 # Rows are drawn in chunks of at most this many random numbers, so memory stays bounded at Zoology's scale
@@ -92,9 +91,8 @@ def mqar_examples(
     return x, y
 
 
-class MQARDataModule(SequenceDataModule):
-    def __init__(self, *, num_kv_pairs: int = 8, alpha: float = 0.01, noise: bool = True, n_train: int = 10000,
-                 n_val: int = 1000, n_test: int = 1000, **metadata):
+class MQARDataModule(SyntheticTask):
+    def __init__(self, *, num_kv_pairs: int = 8, alpha: float = 0.01, noise: bool = True, **metadata):
         super().__init__(**metadata)
         if self.n_classes != self.vocab_size:
             raise ValueError(
@@ -102,8 +100,6 @@ class MQARDataModule(SequenceDataModule):
                 f"got {self.n_classes}"
             )
         self.num_kv_pairs, self.alpha, self.noise = num_kv_pairs, float(alpha), bool(noise)
-        self.sizes = (n_train, n_val, n_test)
 
-    def load_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
-        return draw_splits(self.sizes, self.seed, lambda n, g: mqar_examples(
-            n, self.seq_len, self.vocab_size, self.num_kv_pairs, self.alpha, self.noise, g))
+    def examples(self, n: int, seq_len: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return mqar_examples(n, seq_len, self.vocab_size, self.num_kv_pairs, self.alpha, self.noise, generator)

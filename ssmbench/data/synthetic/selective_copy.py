@@ -19,10 +19,9 @@ three never share a draw and the same seed gives the same data.
 from __future__ import annotations
 
 import torch
-from torch.utils.data import TensorDataset
 
-from ssmbench.data.base import IGNORE_INDEX, SequenceDataModule
-from ssmbench.data.synthetic import draw_splits
+from ssmbench.data.base import IGNORE_INDEX
+from ssmbench.data.synthetic import SyntheticTask
 
 
 def selective_copy_examples(
@@ -48,17 +47,14 @@ def selective_copy_examples(
     return x, y
 
 
-class SelectiveCopyDataModule(SequenceDataModule):
-    def __init__(self, *, n_symbols: int = 8, n_copy: int = 8, n_train: int = 8000, n_val: int = 1000,
-                 n_test: int = 1000, **metadata):
+class SelectiveCopyDataModule(SyntheticTask):
+    def __init__(self, *, n_symbols: int = 8, n_copy: int = 8, **metadata):
         super().__init__(**metadata)
         if self.vocab_size != n_symbols + 2:
             raise ValueError(
                 f"task selective_copy: vocab_size must be n_symbols + 2 = {n_symbols + 2}, got {self.vocab_size}"
             )
         self.n_symbols, self.n_copy = n_symbols, n_copy
-        self.sizes = (n_train, n_val, n_test)
 
-    def load_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
-        return draw_splits(self.sizes, self.seed,
-                           lambda n, g: selective_copy_examples(n, self.seq_len, self.n_symbols, self.n_copy, g))
+    def examples(self, n: int, seq_len: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return selective_copy_examples(n, seq_len, self.n_symbols, self.n_copy, generator)
