@@ -357,3 +357,14 @@ def test_table_colours_died_preempted_and_interrupted_like_failures(live_and_dea
     for status in ("died", "preempted", "interrupted"):
         assert any(re.search(r"\x1b\[[0-9;]*31m" + status, line) for line in lines), status  # red
     assert any(re.search(r"\x1b\[[0-9;]*33mrunning", line) for line in lines)  # yellow
+
+
+def test_a_garbled_metrics_csv_row_is_read_without_its_extra_fields(tmp_path):
+    """A row with more fields than the header (cut or garbled while written) and a short row do not stop reading."""
+    from ssmbench.compare.runs import read_metrics_csv
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss\n0,1,0.5\n0,2,0.4,7,8\n0,3\n")
+    assert read_metrics_csv(path) == [{"epoch": 0.0, "step": 1.0, "train/loss": 0.5},
+                                      {"epoch": 0.0, "step": 2.0, "train/loss": 0.4},
+                                      {"epoch": 0.0, "step": 3.0}]

@@ -104,11 +104,13 @@ def _number(text: str):
 
 
 def read_metrics_csv(path: Path) -> list[dict]:
-    """Rows of a Lightning metrics.csv as dicts of floats (empty cells left out)."""
+    """Rows of a Lightning metrics.csv as dicts of floats (empty cells left out). Fields beyond the header (a row
+    cut or garbled while written) are left out too."""
     if not path.is_file():
         return []
     with path.open(newline="") as f:
-        return [{k: v for k, v in ((k, _number(v)) for k, v in row.items()) if v is not None} for row in csv.DictReader(f)]
+        return [{k: v for k, v in ((k, _number(v)) for k, v in row.items() if k is not None and isinstance(v, str))
+                 if v is not None} for row in csv.DictReader(f)]
 
 
 def last_logged(rows: list[dict]) -> dict:
