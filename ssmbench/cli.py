@@ -4,6 +4,7 @@
     ssmbench train -m model=gru,transformer seed=1,2    a sweep (Hydra multirun)
     ssmbench train resume=<run dir> [key=value]   continue a run where it stopped, in its own directory
     ssmbench eval ckpt_path=<ckpt> [overrides] test a checkpoint
+    ssmbench dashboard [PATH ...]               the runs in a local web dashboard (TensorBoard)
 
 Errors end in one line (exit 2 for a bad input, 1 for a failed run, 130/143 for SIGINT/SIGTERM);
 `--verbose` (or HYDRA_FULL_ERROR=1) adds the traceback.
@@ -32,7 +33,9 @@ from ssmbench.resume import resume_arguments
 COMMANDS = {
     "train": "train a model on a task, test the best checkpoint, write results.json",
     "eval": "evaluate a checkpoint on the test split: ssmbench eval ckpt_path=<path>",
-    "compare": "runs side by side: ssmbench compare outputs/multirun/<date> [--group-by model] [--plot curves.png]",
+    "compare": "runs side by side: ssmbench compare outputs/multirun/<date> [--group-by model | --pivot model,task] [--plot FILE]",
+    "dashboard": "runs in a local web dashboard (TensorBoard, on 127.0.0.1): ssmbench dashboard [PATH ...] "
+                 "[--port 6006] [--host 127.0.0.1]",
     "analyze": "what a model learned (eigenvalues, timescales, decays): ssmbench analyze <run dir>|<ckpt> "
                "[--out DIR] [--at-init]",
     "data": "task data: ssmbench data list | prepare <task> | generate listops|pathfinder (--help for options)",
@@ -59,17 +62,22 @@ def print_help() -> None:
     console.print(
         "\nexamples:\n  ssmbench train model=gru task=copy trainer=cpu optimizer.lr=3e-3 seed=2\n"
         "  ssmbench train -m model=gru,transformer seed=1,2\n"
-        "  ssmbench eval ckpt_path=outputs/copy/gru/<date>_<time>/checkpoints/last.ckpt"
+        "  ssmbench eval ckpt_path=outputs/copy/gru/<date>_<time>/checkpoints/last.ckpt\n"
+        "  ssmbench dashboard outputs/multirun/<date>"
     )
 
 
 def _job_command(command: str) -> tuple[str, list[str]]:
-    """The single-run command that reproduces the current Hydra job, as text and as argv."""
+    """The single-run command that reproduces the current Hydra job, as text and as argv. A job of a sweep that a
+    config group started (suite=, sweep=: hydra.mode MULTIRUN without -m) is replayed with hydra.mode=RUN."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import OmegaConf
 
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
+    if hc.mode == RunMode.MULTIRUN and any(o.split("=", 1)[0] in ("suite", "sweep") for o in overrides):
+        overrides.append("hydra.mode=RUN")
     output_dir = hc.runtime.output_dir
     OmegaConf.set_readonly(hc, False)
     hc.run.dir = output_dir
@@ -199,6 +207,15 @@ def main(argv: list[str] | None = None) -> None:
             compare(rest)
         except UserError as e:
             fail(str(e))
+    elif command == "dashboard":
+        from ssmbench.dashboard import dashboard
+
+        try:
+            dashboard(rest)
+        except UserError as e:
+            fail(str(e))
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None
     elif command == "analyze":
         from ssmbench.analyze import analyze
 
