@@ -24,11 +24,13 @@ def config_dir() -> Path:
 
 
 def config_groups(root: Path | None = None) -> dict[str, list[str]]:
-    """Every config group under conf/ with its options, e.g. {"model": ["gru", "s4"], "experiment": ["lra/s4_listops"]}."""
+    """Every config group under conf/ with its options, e.g. {"model": ["gru", "s4"], "experiment": ["lra/s4_listops"]};
+    files named _*.yaml are parts other configs of the group include, not options."""
     root = root or config_dir()
     groups: dict[str, list[str]] = {}
     for group_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in NOT_GROUPS):
-        groups[group_dir.name] = sorted(str(f.relative_to(group_dir).with_suffix("")) for f in group_dir.rglob("*.yaml"))
+        groups[group_dir.name] = sorted(str(f.relative_to(group_dir).with_suffix("")) for f in group_dir.rglob("*.yaml")
+                                        if not f.name.startswith("_"))
     return groups
 
 
