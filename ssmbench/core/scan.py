@@ -34,6 +34,8 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from ssmbench import kernels
+
 SEQUENTIAL_MAX_LEN = 32  # up to this length the plain loop is the fastest scan
 
 
@@ -199,17 +201,22 @@ def linear_scan(
     a: broadcastable to b (e.g. (D,), (1, 1, D), (B, L, D)), b: (B, L, D), h0: (B, D) or None (zero)
     -> h: (B, L, D). Real or complex; differentiable in a, b and h0 (gradients of a broadcast a
     or h0 are summed to their shapes). See the module docstring for the algorithm and its adjoint.
+    Where ssmbench.kernels.use_kernel says so (CUDA tensors of float32, bfloat16, float16 or complex64;
+    SSMBENCH_KERNELS), the fused Triton kernel ssmbench.kernels.linear_scan computes the same h instead.
     """
     dtype = _check(a, b, h0, "linear_scan")
     batch, length, width = b.shape
     a3 = a.to(dtype).reshape((1,) * (3 - a.dim()) + tuple(a.shape))
-    a3 = a3.expand(a3.shape[0], length, a3.shape[2])
     b = b.to(dtype)
     if h0 is not None:
         h0 = h0.to(dtype).expand(batch, width)
     if length == 0:
         return b.clone()
-    return _LinearScan.apply(a3, b, h0, reverse)
+    if kernels.use_kernel("linear_scan", (a3, b, h0)):
+        from ssmbench.kernels.linear_scan import linear_scan as fused_linear_scan
+
+        return fused_linear_scan(a3, b, h0, reverse)
+    return _LinearScan.apply(a3.expand(a3.shape[0], length, a3.shape[2]), b, h0, reverse)
 
 
 def linear_scan_reference(

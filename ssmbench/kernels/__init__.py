@@ -1,0 +1,93 @@
+"""Optional fused GPU kernels (Triton) that `ssmbench.core` dispatches to; the same functions as core's torch paths.
+
+    mode()                       SSMBENCH_KERNELS: auto (default) | torch | triton
+    triton_available()           triton is installed (found without importing it)
+    interpreting()               TRITON_INTERPRET=1: CPU tensors may run through Triton's interpreter
+    use_kernel(name, tensors)    the dispatch rule below: True if core should call the kernel `name`
+    KERNEL_DTYPES                the dtypes each kernel takes, by name
+
+Nothing here imports triton: the kernel modules (ssmbench.kernels.linear_scan, ...) are imported by core
+only after use_kernel said yes, so ssmbench works, and core imports fast, without triton installed.
+
+The dispatch rule. A kernel applies to tensors that are all on one device and of a dtype it takes, where
+the device is CUDA, or the CPU while TRITON_INTERPRET=1 (Triton's interpreter runs the same kernel on
+CPU tensors with numpy: slow, for testing the kernels where there is no GPU; every kernel picks the
+interpreter for CPU tensors and compiles for CUDA tensors, so both work in one process whatever the
+variable said when triton was imported). Then
+    SSMBENCH_KERNELS=torch    always the torch path;
+    SSMBENCH_KERNELS=auto     the kernel where triton is installed and the kernel applies (on CUDA only the
+                              kernels of VERIFIED_ON_GPU), else the torch path (the same function): a normal
+                              CPU run (TRITON_INTERPRET unset) always takes the torch path;
+    SSMBENCH_KERNELS=triton   the kernel; a one-line ValueError where triton is missing or it does not apply.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Iterable
+
+import torch
+
+MODES = ("auto", "torch", "triton")
+KERNEL_DTYPES = {
+    "linear_scan": (torch.float32, torch.bfloat16, torch.float16, torch.complex64),  # float32 arithmetic
+}
+# Kernels whose real-size CUDA tests (tests/test_kernels_*.py, skipped without a GPU) have passed on a GPU. `auto`
+# sends CUDA tensors only to these: a kernel checked through the interpreter but never run compiled on a GPU is
+# used on CUDA only when asked for (SSMBENCH_KERNELS=triton). linear_scan has not run on a GPU yet (issue 17).
+VERIFIED_ON_GPU: frozenset[str] = frozenset()
+
+
+def mode() -> str:
+    """The value of SSMBENCH_KERNELS (auto when unset); ValueError for anything but auto, torch, triton."""
+    value = os.environ.get("SSMBENCH_KERNELS", "auto").strip().lower() or "auto"
+    if value not in MODES:
+        raise ValueError(f"SSMBENCH_KERNELS={value!r}: give one of {', '.join(MODES)}")
+    return value
+
+
+def triton_available() -> bool:
+    """True if the triton package is installed (looked up, not imported)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """True if TRITON_INTERPRET asks for Triton's interpreter (1, true, on or yes, as Triton reads it)."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+
+
+def _unsupported(tensors: list[torch.Tensor], dtypes: tuple[torch.dtype, ...]) -> str | None:
+    """Why the kernel cannot run on `tensors` (None if it can)."""
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:
+        return f"tensors on several devices ({', '.join(sorted(map(str, devices)))})"
+    device = devices.pop()
+    if device.type == "cpu" and not interpreting():
+        return "CPU tensors (set TRITON_INTERPRET=1 to run the kernel in Triton's interpreter)"
+    if device.type not in ("cpu", "cuda"):
+        return f"{device.type} tensors (the kernels run on CUDA)"
+    wrong = sorted({str(t.dtype).removeprefix("torch.") for t in tensors if t.dtype not in dtypes})
+    if wrong:
+        return f"{', '.join(wrong)} tensors (it takes {', '.join(str(d).removeprefix('torch.') for d in dtypes)})"
+    return None
+
+
+def use_kernel(name: str, tensors: Iterable[torch.Tensor | None]) -> bool:
+    """The dispatch rule (module docstring) for the kernel `name` (a key of KERNEL_DTYPES) on `tensors`
+    (None entries are skipped). ValueError in one line where SSMBENCH_KERNELS=triton cannot be obeyed."""
+    chosen = mode()
+    if chosen == "torch":
+        return False
+    given = [t for t in tensors if t is not None]
+    reason = _unsupported(given, KERNEL_DTYPES[name])
+    if chosen == "auto":
+        on_cuda = any(t.is_cuda for t in given)
+        return reason is None and triton_available() and (name in VERIFIED_ON_GPU or not on_cuda)
+    if not triton_available():
+        raise ValueError("SSMBENCH_KERNELS=triton but triton is not installed: pip install 'ssmbench[kernels]', "
+                         "or set SSMBENCH_KERNELS=auto")
+    if reason is not None:
+        raise ValueError(f"SSMBENCH_KERNELS=triton: the {name} kernel does not take {reason}; "
+                         f"set SSMBENCH_KERNELS=auto to use the torch path there")
+    return True
