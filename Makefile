@@ -19,10 +19,15 @@ $(VENV)/.installed-$(EXTRAS): $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed-$(EXTRAS)
 
+# The tests also check the Triton kernels, through Triton's interpreter on the CPU.
+$(VENV)/.installed-kernels: $(VENV)/.installed-$(EXTRAS)
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS),kernels]"
+	touch $@
+
 train: install
 	$(BIN)/ssmbench train $(ARGS)
 
-test: install
+test: install $(VENV)/.installed-kernels
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test-fast: install

@@ -5,14 +5,15 @@ import math
 
 import pytest
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 
-from ssmbench.build import build_lit, build_model, build_task, trainer_config
+from ssmbench.build import build_task
 from ssmbench.config import config_groups
 from ssmbench.data.base import IGNORE_INDEX
 from ssmbench.data.synthetic import SyntheticTask
 from ssmbench.errors import UserError
 from tests.compose import composed
+from tests.test_model_task_matrix import SMALL_MIXER, fit_and_test
 
 
 def synthetic_tasks() -> list[str]:
@@ -25,7 +26,6 @@ def synthetic_tasks() -> list[str]:
 
 
 SYNTHETIC = synthetic_tasks()
-SMALL_MIXER = {"mamba2": ["model.mixer.headdim=8", "model.mixer.d_state=8"]}
 
 
 def test_every_generated_task_is_synthetic():
@@ -95,11 +95,6 @@ def test_every_model_is_sized_by_the_longest_split_and_tests_longer(model, tmp_p
         if "l_max" in cfg.model.mixer:
             assert cfg.model.mixer.l_max == 45
         dm = build_task(cfg)
-        net = build_model(cfg, dm)
-        lit = build_lit(cfg, net, dm)
-        trainer = instantiate(trainer_config(cfg), logger=False, callbacks=[], enable_checkpointing=False,
-                              enable_progress_bar=False)
-        trainer.fit(lit, datamodule=dm)
-        (result,) = trainer.test(lit, datamodule=dm, verbose=False)
+        result = fit_and_test(cfg, dm)
     assert dm.test_set.tensors[0].shape[1] == 45
     assert math.isfinite(result["test/loss"]) and 0.0 <= result["test/acc"] <= 1.0
