@@ -63,8 +63,10 @@ class FindingRuns:
             found.runs[sweep.name] = load_runs([str(path)]) if path.is_dir() else []
         return found
 
-    def pivot(self, sweep: str, rows: str, cols: str, metric: str = "test/acc") -> Pivot | None:
-        runs = [r for r in self.runs.get(sweep, []) if not r.path.name.startswith("eval_")]
+    def pivot(self, sweeps: str | tuple[str, ...], rows: str, cols: str, metric: str = "test/acc") -> Pivot | None:
+        """The pivot of the runs of one sweep, or of several pooled (None when there is none)."""
+        names = (sweeps,) if isinstance(sweeps, str) else sweeps
+        runs = [r for name in names for r in self.runs.get(name, []) if not r.path.name.startswith("eval_")]
         return pivot_runs(runs, rows, cols, metric=metric) if runs else None
 
 
@@ -102,36 +104,37 @@ def time_per_run(runs: list[Run]) -> str:
 
 
 # 1. Zoology -----------------------------------------------------------------------------------------------------
-# Two sweeps at one task setting: the recurrences at two widths and two numbers of pairs for the same budget, and
-# attention at d_model 64 with 4x the training steps (attention without a short convolution sits on a plateau for
-# the first ~500 steps here before it learns to recall; the recurrences have a short convolution or a selective
-# input path that gives them the previous token for free).
-MQAR = ("task=mqar", "task.seq_len=64", "task.vocab_size=64", "task.noise=false", "task.n_val=256", "task.n_test=512",
-        "model.n_layers=2", "optimizer.lr=3e-3", "seed=1,2,3")
-ZOOLOGY_RECURRENT = Sweep("mqar_recurrent", (
-    "model=s4d,mamba,deltanet", "model.d_model=16,64", "task.num_kv_pairs=2,8", "task.n_train=3072",
-    "trainer.max_epochs=6", *MQAR))
-ZOOLOGY_ATTENTION = Sweep("mqar_attention", (
-    "model=transformer", "model.d_model=64", "model.dropout=0.0", "task.num_kv_pairs=2,8", "task.n_train=4096",
-    "trainer.max_epochs=18", *MQAR))
+# One budget for every model: 4096 examples x 18 epochs (1152 steps) at lr 3e-3, dropout 0. Attention and the
+# input-dependent recurrences at d_model 64; the LTI model (s4d) also at d_model 16, for the width claim. (With a
+# quarter of these steps attention sits on its plateau near 0.13 and every recurrence but s4d-at-2-pairs stays
+# near chance: the budget matters more than the model at 288 steps.)
+MQAR = ("task=mqar", "task.seq_len=64", "task.vocab_size=64", "task.noise=false", "task.n_train=4096",
+        "task.n_val=256", "task.n_test=512", "model.n_layers=2", "model.dropout=0.0", "trainer.max_epochs=18",
+        "optimizer.lr=3e-3", "seed=1,2,3")
+ZOOLOGY_ATTENTION = Sweep("mqar_attention", ("model=transformer", "model.d_model=64", "task.num_kv_pairs=2,8", *MQAR))
+ZOOLOGY_RECURRENT = Sweep("mqar_recurrent", ("model=s4d", "model.d_model=64", "task.num_kv_pairs=2,8", *MQAR))
+# The input-dependent model at the harder setting only (8 pairs), where the check compares it. (Mamba, the slowest
+# model on this CPU at ~3x DeltaNet's time per step, is left out of this grid; finding 2 trains it.)
+ZOOLOGY_DELTANET = Sweep("mqar_deltanet", ("model=deltanet", "model.d_model=64", "task.num_kv_pairs=8", *MQAR))
+ZOOLOGY_NARROW = Sweep("mqar_narrow", ("model=s4d", "model.d_model=16", "task.num_kv_pairs=2,8", *MQAR))
+ZOOLOGY = (ZOOLOGY_ATTENTION, ZOOLOGY_RECURRENT, ZOOLOGY_DELTANET, ZOOLOGY_NARROW)
+ZOOLOGY_SWEEPS = tuple(s.name for s in ZOOLOGY)
 
 
 def zoology_report(found: FindingRuns):
-    recurrent = found.pivot("mqar_recurrent", "model", "task.num_kv_pairs+model.d_model")
-    attention = found.pivot("mqar_attention", "model", "task.num_kv_pairs+model.d_model")
-    body = ("**Recurrences**, 3072 examples x 6 epochs (288 steps):\n\n" + table(recurrent, "the recurrent MQAR grid")
-            + "\nTime: " + time_per_run(found.runs["mqar_recurrent"])
-            + "\n\n**Attention**, 4096 examples x 18 epochs (1152 steps), dropout 0:\n\n"
-            + table(attention, "the attention MQAR runs") + "\nTime: " + time_per_run(found.runs["mqar_attention"]) + "\n")
+    pivot = found.pivot(ZOOLOGY_SWEEPS, "model", "task.num_kv_pairs+model.d_model")
+    runs = [r for sweep in ZOOLOGY_SWEEPS for r in found.runs[sweep]]
+    body = ("Columns: (key-value pairs, d_model); chance is 1/32 (the values of a 64-token vocabulary):\n\n"
+            + table(pivot, "the MQAR grid") + "\nTime: " + time_per_run(runs) + "\n")
     checks = [
         ("attention (transformer, d_model 64) recalls with 2 and with 8 pairs (test acc >= 0.9)",
-         all(at_least(cell(attention, "transformer", (k, 64)), 0.9) for k in (2, 8))),
+         all(at_least(cell(pivot, "transformer", (k, 64)), 0.9) for k in (2, 8))),
         ("the LTI model (s4d) falls short at the small width once there are 8 pairs (<= 0.5)",
-         at_most(cell(recurrent, "s4d", (8, 16)), 0.5)),
+         at_most(cell(pivot, "s4d", (8, 16)), 0.5)),
         ("the LTI model gains from width at 8 pairs (d_model 64 above d_model 16 by >= 0.05)",
-         (cell(recurrent, "s4d", (8, 64)) or 0) >= (cell(recurrent, "s4d", (8, 16)) or 1) + 0.05),
-        ("an input-dependent model (mamba or deltanet) closes the gap at d_model 64, 8 pairs (>= 0.9)",
-         any(at_least(cell(recurrent, m, (8, 64)), 0.9) for m in ("mamba", "deltanet"))),
+         (cell(pivot, "s4d", (8, 64)) or 0) >= (cell(pivot, "s4d", (8, 16)) or 1) + 0.05),
+        ("the input-dependent model (deltanet) closes the gap at d_model 64, 8 pairs (>= 0.9)",
+         at_least(cell(pivot, "deltanet", (8, 64)), 0.9)),
     ]
     return body, checks
 
@@ -194,8 +197,10 @@ def mamba_report(found: FindingRuns):
         ("mamba solves induction heads at the trained length (>= 0.9)", at_least(means.get(("mamba", 64)), 0.9)),
         (f"mamba extrapolates to {longest // 64}x the trained length (>= 0.9 at L = {longest})",
          at_least(means.get(("mamba", longest)), 0.9)),
-        (f"attention with sinusoidal positions does not extrapolate as far (transformer at L = {longest} below mamba "
-         "by >= 0.2)", (means.get(("transformer", longest)) or 1) + 0.2 <= (means.get(("mamba", longest)) or 0)),
+        (f"attention with sinusoidal positions learns the task at the trained length (>= 0.9) but does not extrapolate "
+         f"as far (at L = {longest} below mamba by >= 0.2)",
+         at_least(means.get(("transformer", 64)), 0.9)
+         and (means.get(("transformer", longest)) or 1) + 0.2 <= (means.get(("mamba", longest)) or 0)),
     ]
     return body, checks
 
@@ -229,16 +234,27 @@ SHORT_CONV = Sweep("short_conv", (
     "model=linear_attention", "model.mixer.use_short_conv=true,false", "model.d_model=64", "model.n_layers=2",
     "task=mqar,induction", "task.seq_len=64", "task.n_train=3072", "task.n_val=256", "task.n_test=512",
     "trainer.max_epochs=6", "optimizer.lr=3e-3", "seed=1,2,3"))
+SHORT_CONV_MQAR = Sweep("short_conv_mqar", (
+    "model=linear_attention", "model.mixer.use_short_conv=true,false", "model.d_model=64", "model.n_layers=2",
+    "task=mqar", "task.seq_len=64", "task.vocab_size=64", "task.num_kv_pairs=4", "task.noise=false",
+    "task.n_train=4096", "task.n_val=256", "task.n_test=512", "trainer.max_epochs=8", "optimizer.lr=3e-3",
+    "seed=1,2,3"))
 
 
 def short_conv_report(found: FindingRuns):
     pivot = found.pivot("short_conv", "model.mixer.use_short_conv", "task")
-    body = ("Linear attention (elu+1 features, output RMSNorm), d_model 64, 2 layers; MQAR at its task defaults with "
-            "seq_len 64 (8 pairs, noise), induction at seq_len 64:\n\n" + table(pivot, "the short-conv grid")
-            + "\nTime: " + time_per_run(found.runs["short_conv"]) + "\n")
-    checks = [(f"on {task} linear attention with the short conv beats it without (by >= 0.1)",
-               (cell(pivot, True, task) or 0) >= (cell(pivot, False, task) or 1) + 0.1)
-              for task in ("mqar", "induction")]
+    zoology = found.pivot("short_conv_mqar", "model.mixer.use_short_conv", "task")
+    body = ("Linear attention (elu+1 features, output RMSNorm), d_model 64, 2 layers. MQAR at the task's defaults "
+            "(vocabulary 512, 8 pairs, noise tokens; chance 1/256) and induction heads (chance 1/15), length 64, "
+            "3072 examples x 6 epochs:\n\n" + table(pivot, "the short-conv grid")
+            + "\nTime: " + time_per_run(found.runs["short_conv"])
+            + "\n\nMQAR at a Zoology-like setting (vocabulary 64, 4 pairs, no noise; chance 1/32), 4096 examples x 8 "
+            "epochs:\n\n" + table(zoology, "the Zoology-setting MQAR runs")
+            + "\nTime: " + time_per_run(found.runs["short_conv_mqar"]) + "\n")
+    checks = [(f"on {what} linear attention with the short conv beats it without (by >= 0.1)",
+               (cell(source, True, task) or 0) >= (cell(source, False, task) or 1) + 0.1)
+              for what, source, task in (("MQAR (Zoology-like setting)", zoology, "mqar"),
+                                         ("MQAR (task defaults)", pivot, "mqar"), ("induction", pivot, "induction"))]
     return body, checks
 
 
@@ -246,7 +262,7 @@ def short_conv_report(found: FindingRuns):
 DEER = Sweep("deer", (
     "model=nrnn", "model.mixer.cell=diag_gru,gru", "model.mixer.jacobian=diag,full,none", "model.d_model=32",
     "model.n_layers=2", "task=copy", "task.seq_len=64", "task.n_copy=4", "task.n_train=1024", "task.n_val=256",
-    "task.n_test=256", "trainer.max_epochs=2", "optimizer.lr=3e-3", "seed=1,2,3"))
+    "task.n_test=256", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "optimizer.lr=3e-3", "seed=1,2,3"))
 
 
 def deer_pairs(runs: list[Run]) -> list[dict]:
@@ -261,8 +277,8 @@ def deer_pairs(runs: list[Run]) -> list[dict]:
         base = sequential.get((cell_name, seed))
         if jacobian == "none" or base is None:
             continue
-        steps, losses = run.curve("train/loss")
-        base_steps, base_losses = base.curve("train/loss")
+        steps, losses = run.curve("train/loss_step")   # the training loss at every step
+        base_steps, base_losses = base.curve("train/loss_step")
         reference = dict(zip(base_steps, base_losses))
         diffs = [abs(v - reference[s]) for s, v in zip(steps, losses) if s in reference]
         _, iters = run.curve("train/newton_iters")
@@ -305,10 +321,11 @@ FINDINGS = [
             "The paper's Fig. 2: attention near 100% at every model dimension (64..512) and sequence length; H3, Hyena, "
             "RWKV and the other gated convolutions fall well below it as the number of pairs grows, and recover only "
             "with larger model dimension; input-dependent (Based-style) mixers match attention.",
-            [ZOOLOGY_RECURRENT, ZOOLOGY_ATTENTION], zoology_report,
-            "vocabulary 64, length 64, no noise tokens, lr 3e-3, 2 layers, 2 and 8 key-value pairs; s4d (LTI), mamba "
-            "and deltanet at d_model 16 and 64 on 3072 examples for 6 epochs, the transformer at d_model 64 on 4096 "
-            "examples for 18 epochs (Zoology: vocabulary 8192, 100k examples, d_model 64..512, 4..64 pairs, lr swept)."),
+            list(ZOOLOGY), zoology_report,
+            "vocabulary 64, length 64, no noise tokens, 2 layers, 2 and 8 key-value pairs, 4096 examples, 18 epochs, "
+            "lr 3e-3, dropout 0; transformer and s4d (LTI) at d_model 64, s4d also at 16, deltanet (input-dependent) at "
+            "d_model 64 with 8 pairs; mamba is left out of this grid for CPU time (Zoology: "
+            "vocabulary 8192, 100k examples, d_model 64..512, 4..64 pairs, lr swept)."),
     Finding("mamba", "Mamba: selective copying and induction-head extrapolation",
             "LTI models (S4) fail selective copying and the selective scan solves it; trained on induction heads at one "
             "length, Mamba extrapolates to much longer sequences.",
@@ -339,7 +356,7 @@ FINDINGS = [
             "Qualitative: Based adds a short convolution to linear attention for local comparisons, and the DeltaNet "
             "paper's ablation reports worse results without the short convolution (no single number to compare at this "
             "scale).",
-            [SHORT_CONV], short_conv_report,
+            [SHORT_CONV, SHORT_CONV_MQAR], short_conv_report,
             "linear_attention, d_model 64, 2 layers, 3072 training examples, 6 epochs, lr 3e-3, length 64."),
     Finding("deer", "DEER / ELK: Newton's method trains a nonlinear RNN like the sequential loop",
             "Evaluating a nonlinear RNN in parallel by Newton's method (DEER) computes the same hidden states as the "
@@ -352,5 +369,5 @@ FINDINGS = [
             [DEER], deer_report,
             "nrnn (2 layers, d_model 32) on copying (length 64, 4 symbols), 1024 training examples, 2 epochs, lr 3e-3; "
             "cells diag_gru and gru, each with jacobian diag (quasi-DEER), full (DEER) and none (the sequential loop), "
-            "same seeds."),
+            "same seeds; the training loss logged at every one of the 32 steps."),
 ]
