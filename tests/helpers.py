@@ -59,3 +59,22 @@ def ready(dm):
     dm.prepare_data()
     dm.setup()
     return dm
+
+
+# Mixer settings that let a model build at d_model 16 (the matrix and length tests' size).
+SMALL_MIXER = {"mamba2": ["model.mixer.headdim=8", "model.mixer.d_state=8"]}  # heads of 8 in d_inner = 32
+
+
+def fit_and_test(cfg, dm) -> dict:
+    """Build the model of `cfg` for `dm`, fit it as cfg.trainer says (no logger, callbacks or checkpoints) and
+    return its test metrics."""
+    from hydra.utils import instantiate
+
+    from ssmbench.build import build_lit, build_model, trainer_config
+
+    lit = build_lit(cfg, build_model(cfg, dm), dm)
+    trainer = instantiate(trainer_config(cfg), logger=False, callbacks=[], enable_checkpointing=False,
+                          enable_progress_bar=False)
+    trainer.fit(lit, datamodule=dm)
+    (result,) = trainer.test(lit, datamodule=dm, verbose=False)
+    return result

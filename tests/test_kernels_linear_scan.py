@@ -153,8 +153,6 @@ def test_auto_leaves_cuda_tensors_to_torch_until_the_kernel_has_run_on_a_gpu(mon
     """auto picks a kernel for CUDA tensors only once it is in VERIFIED_ON_GPU (SSMBENCH_KERNELS=triton forces it)."""
     from types import SimpleNamespace
 
-    from ssmbench import kernels
-
     monkeypatch.delenv("SSMBENCH_KERNELS", raising=False)
     monkeypatch.setattr(kernels, "_unsupported", lambda tensors, dtypes: None)  # as if on a GPU with a fit dtype
     monkeypatch.setattr(kernels, "triton_available", lambda: True)

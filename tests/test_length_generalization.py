@@ -13,7 +13,7 @@ from ssmbench.data.base import IGNORE_INDEX
 from ssmbench.data.synthetic import SyntheticTask
 from ssmbench.errors import UserError
 from tests.compose import composed
-from tests.test_model_task_matrix import SMALL_MIXER, fit_and_test
+from tests.helpers import SMALL_MIXER, fit_and_test
 
 
 def synthetic_tasks() -> list[str]:

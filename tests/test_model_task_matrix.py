@@ -15,21 +15,10 @@ from ssmbench.build import build_lit, build_model, build_task, trainer_config
 from ssmbench.config import config_groups
 from ssmbench.errors import UserError
 from tests.compose import composed
+from tests.helpers import SMALL_MIXER, fit_and_test
 from tests.task_fixtures import FIXTURES
 
 SMALL = ["model.d_model=16", "model.n_layers=1", "task.batch_size=2", "task.num_workers=0", "trainer=debug"]
-SMALL_MIXER = {"mamba2": ["model.mixer.headdim=8", "model.mixer.d_state=8"]}  # heads of 8 in d_inner = 32
-
-
-def fit_and_test(cfg, dm) -> dict:
-    """Build the model of `cfg` for `dm`, fit it as cfg.trainer says (no logger, callbacks or checkpoints) and
-    return its test metrics."""
-    lit = build_lit(cfg, build_model(cfg, dm), dm)
-    trainer = instantiate(trainer_config(cfg), logger=False, callbacks=[], enable_checkpointing=False,
-                          enable_progress_bar=False)
-    trainer.fit(lit, datamodule=dm)
-    (result,) = trainer.test(lit, datamodule=dm, verbose=False)
-    return result
 
 
 @pytest.mark.parametrize("task", config_groups()["task"])

@@ -5,7 +5,6 @@ themselves are run by benchmarks/reproduce.py and by users."""
 import json
 import shlex
 import sys
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
