@@ -52,6 +52,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from ssmbench import kernels
 from ssmbench.core.precision import compute_dtype, no_autocast
 
 CHUNK_BYTES = 16 * 2**20  # the largest (T, Bt, N, Dm) work buffer `_chunk_length` picks
@@ -312,16 +313,24 @@ def selective_scan(
     Differentiable in every tensor argument (also through h_L). chunk_size: steps per chunk
     (default `_chunk_length`: ~sqrt(L / 3), at least MIN_CHUNK, buffers of at most CHUNK_BYTES).
     Saved for backward: the inputs and n_chunks = ceil(L / chunk_size) states (Bt, Dm, N).
+    Where ssmbench.kernels.use_kernel says so (CUDA tensors of float32, bfloat16 or float16; SSMBENCH_KERNELS),
+    the fused Triton kernel ssmbench.kernels.selective_scan computes the same (y, h_L) instead, in its own
+    tiles (chunk_size is the torch path's).
     """
     _check("selective_scan", u, delta, A, B, C, D, z, initial_state)
     batch, length, width = u.shape
     if length == 0:
         return selective_scan_reference(u, delta, A, B, C, D, z, initial_state, return_state)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"selective_scan: chunk_size must be a positive integer, got {chunk_size!r}")
+    if kernels.use_kernel("selective_scan", (u, delta, A, B, C, D, z, initial_state)):
+        from ssmbench.kernels.selective_scan import selective_scan as fused_selective_scan
+
+        y, h_last = fused_selective_scan(u, delta, A, B, C, D, z, initial_state)
+        return (y, h_last) if return_state else y
     if chunk_size is None:
         itemsize = torch.finfo(_compute_dtype(u, delta, A, B, C, D, z, initial_state)).bits // 8
         chunk_size = _chunk_length(batch, length, width, A.shape[1], itemsize)
-    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"selective_scan: chunk_size must be a positive integer, got {chunk_size!r}")
     y, h_last = _SelectiveScan.apply(u, delta, A, B, C, D, z, initial_state, chunk_size)
     return (y, h_last) if return_state else y
 
