@@ -14,6 +14,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ssmbench import kernels
 from ssmbench.callbacks import NonFiniteGuard, RngState
 from ssmbench.data.base import SequenceDataModule
 from ssmbench.errors import UserError
@@ -84,10 +85,12 @@ def build_lit(cfg: DictConfig, net, dm) -> SequenceLitModule:
     )
 
 
-def build_modules(cfg: DictConfig) -> tuple:
-    """Seed everything with `cfg.seed`, then build (datamodule, model, LightningModule)."""
+def build_modules(cfg: DictConfig, dm: SequenceDataModule | None = None) -> tuple:
+    """Seed everything with `cfg.seed`, choose the kernels (`cfg.kernels`), then build (datamodule, model,
+    LightningModule); `dm` takes the place of the configured task's datamodule where given (benchmarks)."""
     L.seed_everything(cfg.seed, workers=True)
-    dm = build_task(cfg)
+    kernels.choose(cfg.get("kernels"))
+    dm = dm if dm is not None else build_task(cfg)
     net = build_model(cfg, dm)
     return dm, net, build_lit(cfg, net, dm)
 

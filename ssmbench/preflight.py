@@ -6,6 +6,7 @@ value fails in one line naming its key (and what would be valid) instead of deep
                                           finite and >= 0
     sizes under task.* and model.*        integers >= 1: keys named n_*, d_*, num_*, *_size, seq_len,
                                           test_seq_len, max_len (num_workers >= 0); null where the config allows it
+    kernels                               auto, torch or triton (triton installed), or null
     ckpt_path                             an existing file, a readable ssmbench checkpoint, trained with
                                           the model this run builds
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ssmbench import kernels
 from ssmbench.errors import UserError
 
 SIZE_KEY = re.compile(r"^(n_\w+|d_\w+|num_\w+|\w+_size|seq_len|test_seq_len|max_len)$")
@@ -65,6 +67,10 @@ def check_config(cfg: DictConfig) -> None:
     for group in ("task", "model"):
         if isinstance(cfg.get(group), DictConfig):
             check_sizes(cfg[group], group)
+    try:
+        kernels.parse_choice(cfg.get("kernels"))
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def load_checkpoint(path: str | Path | None, what: str = "ckpt_path") -> dict:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from ssmbench.errors import UserError
+from tests.compose import composed
 from tests.helpers import REPO_ROOT, cli_env, run_cli, train
 
 TINY = ["model=gru", "model.d_model=32", "model.n_layers=1", "task.n_train=512", "task.n_val=64", "task.n_test=64",
@@ -241,10 +242,24 @@ def test_resume_refuses_another_model_and_a_directory_that_is_no_run(tmp_path):
     ("model.d_model=0", ("model.d_model=0", ">= 1")),
     ("model.d_model=abc", ("model.d_model='abc'", "integer")),
     ("model.n_layers=-1", ("model.n_layers=-1", ">= 1")),
+    ("kernels=cuda", ("kernels='cuda'", "auto, torch, triton")),
 ])
-def test_bad_values_end_in_one_line_naming_the_key(tmp_path, override, fragments):
-    proc = run_cli("train", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv", *TINY, override)
-    assert_one_line_error(proc, *fragments)
+def test_bad_values_are_refused_in_one_line_naming_the_key(override, fragments):
+    """The preflight check (in-process; the CLI path of its error is the next test)."""
+    from ssmbench.preflight import check_config
+
+    with composed(*TINY, override) as cfg:
+        with pytest.raises(UserError) as refused:
+            check_config(cfg)
+    message = str(refused.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_a_bad_value_ends_the_run_in_one_line_and_a_failed_record(tmp_path):
+    proc = run_cli("train", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv", *TINY, "optimizer.lr=-1")
+    assert_one_line_error(proc, "optimizer.lr=-1", "> 0")
     assert results(tmp_path / "run")["status"] == "failed"
 
 

@@ -1,6 +1,8 @@
 """Optional fused GPU kernels (Triton) that `ssmbench.core` dispatches to; the same functions as core's torch paths.
 
     mode()                       SSMBENCH_KERNELS: auto (default) | torch | triton
+    parse_choice(value)          the config key `kernels` (auto | torch | triton | None), checked
+    choose(value)                applies it: sets SSMBENCH_KERNELS (None: leaves it)
     triton_available()           triton is installed (found without importing it)
     interpreting()               TRITON_INTERPRET=1: CPU tensors may run through Triton's interpreter
     use_kernel(name, tensors)    the dispatch rule below: True if core should call the kernel `name`
@@ -32,6 +34,8 @@ import torch
 MODES = ("auto", "torch", "triton")
 KERNEL_DTYPES = {
     "linear_scan": (torch.float32, torch.bfloat16, torch.float16, torch.complex64),  # float32 arithmetic
+    "selective_scan": (torch.float32, torch.bfloat16, torch.float16),  # float32 arithmetic
+    "delta_rule_state": (torch.float32, torch.bfloat16, torch.float16),  # float32 arithmetic
 }
 # Kernels whose real-size CUDA tests (tests/test_kernels_*.py, skipped without a GPU) have passed on a GPU. `auto`
 # sends CUDA tensors only to these: a kernel checked through the interpreter but never run compiled on a GPU is
@@ -45,6 +49,27 @@ def mode() -> str:
     if value not in MODES:
         raise ValueError(f"SSMBENCH_KERNELS={value!r}: give one of {', '.join(MODES)}")
     return value
+
+
+def parse_choice(value: str | None) -> str | None:
+    """The config key `kernels` checked: None, or auto, torch or triton (lower case). A one-line ValueError for
+    another value, or for triton where triton is not installed."""
+    if value is None:
+        return None
+    chosen = str(value).strip().lower()
+    if chosen not in MODES:
+        raise ValueError(f"kernels={value!r} must be one of {', '.join(MODES)}, or null ($SSMBENCH_KERNELS, else auto)")
+    if chosen == "triton" and not triton_available():
+        raise ValueError("kernels=triton but triton is not installed: pip install 'ssmbench[kernels]', or kernels=auto")
+    return chosen
+
+
+def choose(value: str | None) -> None:
+    """Apply the config key `kernels` (parse_choice): None leaves SSMBENCH_KERNELS as the environment has it;
+    auto, torch or triton sets it for this process and the processes it starts (DDP ranks)."""
+    chosen = parse_choice(value)
+    if chosen is not None:
+        os.environ["SSMBENCH_KERNELS"] = chosen
 
 
 def triton_available() -> bool:
