@@ -11,7 +11,19 @@ linear_scan at issue 17's shape B=8, L=4096, D=1536 (--quick: L=1024), float32 a
               (B, D, L) layout, inputs already transposed), where the package is installed
 Columns: median wall ms (after a warm-up, which also compiles), the CUDA allocator's peak above the inputs
 (MiB), torch / method time, and the error of h against the torch path run in float32 on the same inputs
-(max over channels of max_t |h - h32| / max_t |h32|). Exits with one line where there is no CUDA device.
+(max over channels of max_t |h - h32| / max_t |h32|).
+
+The chunkwise delta rule and gated delta rule (core.delta_rule, chunk C = 64) at issue 17's shape B=8, H=16,
+L=4096 (--quick: L=1024), Dk=Dv=128, float32 and bfloat16 inputs (core computes in float32 either way): unit
+keys, beta in (0, 1), g = logsigmoid(2 N(0, 1) + 2); forward + backward of <w, o> (o.backward(w)) by
+    torch     delta_rule_chunkwise / gated_delta_rule_chunkwise with SSMBENCH_KERNELS=torch (the loop over chunks)
+    triton    the same with SSMBENCH_KERNELS=triton (the state pass by ssmbench.kernels.delta_rule_state)
+    fla       --peers: flash-linear-attention's fla.ops.delta_rule.chunk_delta_rule and
+              fla.ops.gated_delta_rule.chunk_gated_delta_rule with scale=1 (ours does not scale q), in their
+              (B, T, H, D) layout (inputs already transposed), where the package is installed; a row saying why
+              where it refuses the inputs (some versions refuse float32)
+Columns as above; the error is that of o against the torch path run in float32 on the same inputs.
+Exits with one line where there is no CUDA device.
 """
 
 from __future__ import annotations
@@ -23,9 +35,11 @@ import os
 import torch
 
 import measure
+from ssmbench.core.delta_rule import delta_rule_chunkwise, gated_delta_rule_chunkwise
 from ssmbench.core.scan import linear_scan
 
 B, D = 8, 1536
+HEADS, DK, DV = 16, 128, 128
 
 
 def inputs(length: int, dtype: torch.dtype, constant_a: bool):
@@ -37,15 +51,20 @@ def inputs(length: int, dtype: torch.dtype, constant_a: bool):
     return [x.to(dtype) for x in (a, b, w)]
 
 
-def torch_path(a, b):
+def with_kernels(choice: str, fn, *args):
+    """fn(*args) with SSMBENCH_KERNELS=choice."""
     saved = os.environ.get("SSMBENCH_KERNELS")
-    os.environ["SSMBENCH_KERNELS"] = "torch"
+    os.environ["SSMBENCH_KERNELS"] = choice
     try:
-        return linear_scan(a, b)
+        return fn(*args)
     finally:
         os.environ.pop("SSMBENCH_KERNELS")
         if saved is not None:
             os.environ["SSMBENCH_KERNELS"] = saved
+
+
+def torch_path(a, b):
+    return with_kernels("torch", linear_scan, a, b)
 
 
 def triton_path(a, b):
@@ -99,6 +118,81 @@ def linear_scan_table(length: int, repeat: int, peers: bool) -> None:
         print("accel: accelerated-scan is not installed (pip install accelerated-scan)")
 
 
+def rule_inputs(length: int, dtype: torch.dtype):
+    """q, k (unit norm), v, beta, g in (B, H, L, ...) and the loss weight w like o, in `dtype`."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, device="cuda")
+
+    q, v, w = randn(B, HEADS, length, DK), randn(B, HEADS, length, DV), randn(B, HEADS, length, DV)
+    k = torch.nn.functional.normalize(randn(B, HEADS, length, DK), dim=-1)
+    beta = torch.sigmoid(randn(B, HEADS, length))
+    log_decay = torch.nn.functional.logsigmoid(2 * randn(B, HEADS, length) + 2)
+    return [x.to(dtype) for x in (q, k, v, beta, log_decay, w)]
+
+
+def ours(gated: bool, kernels: str):
+    """o of our chunkwise rule (chunk 64) under SSMBENCH_KERNELS=kernels, inputs (q, k, v, beta, g)."""
+    if gated:
+        return lambda q, k, v, beta, g: with_kernels(kernels, gated_delta_rule_chunkwise, q, k, v, beta, g)[0]
+    return lambda q, k, v, beta, g: with_kernels(kernels, delta_rule_chunkwise, q, k, v, beta)[0]
+
+
+def fla(gated: bool):
+    """o of flash-linear-attention's chunk rule, inputs and output in its (B, T, H, ...) layout, scale 1."""
+    import inspect
+
+    if gated:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule as rule
+    else:
+        from fla.ops.delta_rule import chunk_delta_rule as rule
+    layout = {"head_first": False} if "head_first" in inspect.signature(rule).parameters else {}
+    if gated:
+        return lambda q, k, v, beta, g: rule(q, k, v, g=g, beta=beta, scale=1.0, **layout)[0]
+    return lambda q, k, v, beta, g: rule(q, k, v, beta=beta, scale=1.0, **layout)[0]
+
+
+def rule_fwd_bwd(fn, q, k, v, beta, g, w):
+    leaves = [x.detach().requires_grad_() for x in (q, k, v, beta, g)]
+    o = fn(*leaves)
+    o.backward(w)
+    return o.detach()
+
+
+def delta_rule_table(length: int, repeat: int, peers: bool) -> None:
+    print(f"\nchunkwise delta rule forward+backward, B={B}, H={HEADS}, L={length}, Dk={DK}, Dv={DV}, chunk 64")
+    header = f"{'dtype':>9} {'rule':>6} {'method':>7} {'ms':>8} {'peak MiB':>9} {'speed-up':>9} {'err o':>9}"
+    print(header)
+    print("-" * len(header))
+    has_fla = importlib.util.find_spec("fla") is not None
+    for dtype in (torch.float32, torch.bfloat16):
+        for gated in (False, True):
+            inputs = rule_inputs(length, dtype)
+            ref = rule_fwd_bwd(ours(gated, "torch"), *(x.float() for x in inputs))
+            methods = {"torch": (ours(gated, "torch"), inputs), "triton": (ours(gated, "triton"), inputs)}
+            if peers and has_fla:
+                methods["fla"] = (fla(gated), [x.transpose(1, 2).contiguous() for x in inputs])
+            base = None
+            label = f"{str(dtype).removeprefix('torch.'):>9} {'gated' if gated else 'delta':>6}"
+            for name, (fn, args) in methods.items():
+                try:
+                    o = rule_fwd_bwd(fn, *args)
+                except (AssertionError, RuntimeError, ValueError) as error:  # a peer refusing the inputs: say why
+                    if name != "fla":
+                        raise
+                    print(f"{label} {name:>7} refused: {str(error).splitlines()[0][:100]}")
+                    continue
+                seconds = measure.timed(lambda: rule_fwd_bwd(fn, *args), "cuda", repeat)[0]
+                peak = measure.cuda_peak_bytes(lambda: rule_fwd_bwd(fn, *args)) / 2**20
+                o = o.transpose(1, 2) if name == "fla" else o
+                err = channel_err(o.flatten(0, 1), ref.flatten(0, 1))
+                base = base or seconds
+                print(f"{label} {name:>7} {1e3 * seconds:>8.2f} {peak:>9.0f} {base / seconds:>9.2f} {err:>9.1e}")
+    if peers and not has_fla:
+        print("fla: flash-linear-attention is not installed (pip install flash-linear-attention)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="L = 1024 and one timed repeat")
@@ -111,6 +205,7 @@ def main() -> None:
         raise SystemExit("benchmarks/gpu.py: triton is not installed; pip install 'ssmbench[kernels]'")
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}")
     linear_scan_table(1024 if args.quick else 4096, 1 if args.quick else args.repeat, args.peers)
+    delta_rule_table(1024 if args.quick else 4096, 1 if args.quick else args.repeat, args.peers)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from ssmbench import kernels
 from ssmbench.core.precision import compute_dtype, no_autocast
 
 
@@ -161,6 +162,30 @@ def _chunk_decays(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return within, torch.exp(g.cumsum(-1)), torch.exp(to_end)
 
 
+def _state_pass(K: torch.Tensor, W: torch.Tensor, U: torch.Tensor, decay: torch.Tensor | None,
+                S0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pass over the chunks that carries the state, the only sequential part of the chunkwise forms:
+
+        starts_n = S_n,    U'_n = U_n - W_n S_n,    S_{n+1} = d_n S_n + K_n^T U'_n    (n = 0 .. N-1, S_0 = S0),
+
+    d_n the decay over chunk n (None: 1). K, W (B, H, N, C, Dk), U (B, H, N, C, Dv), decay (B, H, N), S0
+    (B, H, Dk, Dv) -> starts (B, H, N, Dk, Dv), corrected U' (B, H, N, C, Dv), S_N (B, H, Dk, Dv).
+    A loop of batched matmuls (gradients by autograd), or, where ssmbench.kernels.use_kernel says so, the fused
+    Triton kernel ssmbench.kernels.delta_rule_state (one launch for the pass, forward and backward).
+    """
+    if kernels.use_kernel("delta_rule_state", (K, W, U, decay, S0)):
+        from ssmbench.kernels.delta_rule_state import delta_rule_state
+
+        return delta_rule_state(K, W, U, decay, S0)
+    decays = [None] * K.shape[2] if decay is None else decay[..., None, None].unbind(2)
+    S, starts, corrected = S0, [], []
+    for K_n, W_n, U_n, decay_n in zip(K.unbind(2), W.unbind(2), U.unbind(2), decays):
+        starts.append(S)
+        corrected.append(U_n - W_n @ S)
+        S = (S if decay_n is None else decay_n * S) + K_n.transpose(-1, -2) @ corrected[-1]
+    return torch.stack(starts, dim=2), torch.stack(corrected, dim=2), S
+
+
 def _chunkwise(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g: torch.Tensor | None,
                chunk_size: int, initial_state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The chunkwise form of both rules (g None: no decay); see `gated_delta_rule_chunkwise`. Inputs checked
@@ -181,22 +206,18 @@ def _chunkwise(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
         b = beta.view(B, H, N, C)
         if g is None:
             within = torch.ones(C, C, dtype=dtype, device=q.device).tril()
-            Q_in, K_in, K_out, chunk_decays = Q, K, K, [None] * N
+            Q_in, K_in, K_out, chunk_decay = Q, K, K, None
         else:
             within, from_start, to_end = _chunk_decays(torch.nn.functional.pad(g.to(dtype), (0, pad)).view(B, H, N, C))
             Q_in, K_in, K_out = Q * from_start[..., None], K * from_start[..., None], K * to_end[..., None]
-            chunk_decays = from_start[..., -1, None, None].unbind(2)
+            chunk_decay = from_start[..., -1]
         # The solver reads only the strictly lower part of A (unit diagonal) and its gradient has no other.
         A = b[..., :, None] * within * (K @ K.transpose(-1, -2))
         UW = torch.linalg.solve_triangular(A, b[..., None] * torch.cat([V, K_in], dim=-1), upper=False,
                                            unitriangular=True)
         U, W = UW.split([Dv, Dk], dim=-1)
-        starts, corrected = [], []
-        for K_n, W_n, U_n, decay_n in zip(K_out.unbind(2), W.unbind(2), U.unbind(2), chunk_decays):
-            starts.append(S)
-            corrected.append(U_n - W_n @ S)
-            S = (S if decay_n is None else decay_n * S) + K_n.transpose(-1, -2) @ corrected[-1]
-        O = Q_in @ torch.stack(starts, dim=2) + (within * (Q @ K.transpose(-1, -2))) @ torch.stack(corrected, dim=2)
+        starts, corrected, S = _state_pass(K_out, W, U, chunk_decay, S)
+        O = Q_in @ starts + (within * (Q @ K.transpose(-1, -2))) @ corrected
     o = O.reshape(B, H, N * C, Dv)[:, :, :L]
     return o.to(out_dtype), S
 
