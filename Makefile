@@ -5,6 +5,8 @@ PYTHON ?= python3.11
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,sweep,slurm
+# pytest-xdist workers (auto: one per core; tests/conftest.py gives each an equal share of the threads)
+PYTEST_WORKERS ?= auto
 BIN := $(VENV)/bin
 
 .PHONY: install train test test-fast clean
@@ -28,10 +30,10 @@ train: install
 	$(BIN)/ssmbench train $(ARGS)
 
 test: install $(VENV)/.installed-kernels
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

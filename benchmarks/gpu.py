@@ -23,6 +23,18 @@ keys, beta in (0, 1), g = logsigmoid(2 N(0, 1) + 2); forward + backward of <w, o
               (B, T, H, D) layout (inputs already transposed), where the package is installed; a row saying why
               where it refuses the inputs (some versions refuse float32)
 Columns as above; the error is that of o against the torch path run in float32 on the same inputs.
+
+The selective scan (core.selective_scan, Mamba-1) at issue 17's shape B=8, L=4096, D=1536, N=16 (--quick:
+L=1024), bfloat16 and float32 inputs, delta = softplus(N(0, 1) - 4), A = -(1 .. N) per channel (S4D-Real, as
+Mamba initializes it), B, C, D, z ~ N(0, 1): forward + backward of <w, y> by
+    torch     core.selective_scan.selective_scan with SSMBENCH_KERNELS=torch (the chunked torch path)
+    triton    ssmbench.kernels.selective_scan at its default tile, and at every tile of --tiles (untuned so far)
+Columns as above; the error is that of y against the torch path in float32.
+
+Peers offline. GPU machines may have no network: --peers first installs the peers that are missing from the
+wheels in benchmarks/peers/ (ignored by git; fetch them where there is a network with
+    pip download --no-deps fla-core==0.6.0 einops accelerated-scan -d benchmarks/peers
+fla-core holds flash-linear-attention's fla.ops; einops is its one dependency).
 Exits with one line where there is no CUDA device.
 """
 
@@ -31,15 +43,22 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
 import measure
 from ssmbench.core.delta_rule import delta_rule_chunkwise, gated_delta_rule_chunkwise
 from ssmbench.core.scan import linear_scan
+from ssmbench.core.selective_scan import selective_scan
 
 B, D = 8, 1536
 HEADS, DK, DV = 16, 128, 128
+N_STATE = 16
+PEERS = {"fla": "fla-core", "einops": "einops", "accelerated_scan": "accelerated-scan"}  # module: distribution
+PEER_WHEELS = Path(__file__).resolve().parent / "peers"
 
 
 def inputs(length: int, dtype: torch.dtype, constant_a: bool):
@@ -193,19 +212,94 @@ def delta_rule_table(length: int, repeat: int, peers: bool) -> None:
         print("fla: flash-linear-attention is not installed (pip install flash-linear-attention)")
 
 
+def scan_inputs(length: int, dtype: torch.dtype):
+    """u, delta, A (float32), B, C, D (float32), z and the loss weight w of the selective scan table."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, device="cuda")
+
+    delta = torch.nn.functional.softplus(randn(B, length, D) - 4)
+    A = -torch.arange(1, N_STATE + 1, device="cuda", dtype=torch.float32).repeat(D, 1)
+    u, z, w = randn(B, length, D), randn(B, length, D), randn(B, length, D)
+    Bm, Cm = randn(B, length, N_STATE), randn(B, length, N_STATE)
+    return [u.to(dtype), delta.to(dtype), A, Bm.to(dtype), Cm.to(dtype), randn(D), z.to(dtype)], w.to(dtype)
+
+
+def scan_fwd_bwd(fn, tensors, w):
+    leaves = [x.detach().requires_grad_() for x in tensors]
+    y = fn(*leaves)
+    y.backward(w)
+    return y.detach()
+
+
+def selective_scan_table(length: int, repeat: int, tiles: list[tuple[int, int]]) -> None:
+    from ssmbench.kernels.selective_scan import BLOCKS, selective_scan as fused
+
+    print(f"\nselective scan forward+backward, B={B}, L={length}, D={D}, N={N_STATE}, with D and z")
+    header = f"{'dtype':>9} {'method':>16} {'ms':>8} {'peak MiB':>9} {'speed-up':>9} {'err y':>9}"
+    print(header)
+    print("-" * len(header))
+    for dtype in (torch.bfloat16, torch.float32):
+        tensors, w = scan_inputs(length, dtype)
+        ref = scan_fwd_bwd(lambda *x: with_kernels("torch", selective_scan, *x), [x.float() for x in tensors],
+                           w.float())
+        methods = {"torch": lambda *x: with_kernels("torch", selective_scan, *x)}
+        for block_t, block_d in dict.fromkeys([BLOCKS["cuda"], *tiles]):
+            methods[f"triton {block_t}x{block_d}"] = (
+                lambda *x, t=block_t, d=block_d: fused(*x, block_t=t, block_d=d)[0])
+        base = None
+        for name, fn in methods.items():
+            y = scan_fwd_bwd(fn, tensors, w)
+            seconds = measure.timed(lambda: scan_fwd_bwd(fn, tensors, w), "cuda", repeat)[0]
+            peak = measure.cuda_peak_bytes(lambda: scan_fwd_bwd(fn, tensors, w)) / 2**20
+            base = base or seconds
+            print(f"{str(dtype).removeprefix('torch.'):>9} {name:>16} {1e3 * seconds:>8.2f} {peak:>9.0f} "
+                  f"{base / seconds:>9.2f} {channel_err(y, ref):>9.1e}")
+
+
+def install_missing_peers() -> None:
+    """pip install, from the wheels in PEER_WHEELS and nothing else, the peers that are not importable."""
+    missing = [dist for module, dist in PEERS.items() if importlib.util.find_spec(module) is None]
+    if not missing:
+        return
+    if not any(PEER_WHEELS.glob("*.whl")):
+        print(f"peers {', '.join(missing)}: not installed and no wheels in {PEER_WHEELS} (see this script's docstring)")
+        return
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
+                           "--find-links", str(PEER_WHEELS), *missing], capture_output=True, text=True)
+    print(f"peers installed from {PEER_WHEELS}: {', '.join(missing)}" if done.returncode == 0 else
+          f"peers {', '.join(missing)}: pip could not install them from {PEER_WHEELS}: "
+          f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    importlib.invalidate_caches()
+
+
+def tile(text: str) -> tuple[int, int]:
+    block_t, _, block_d = text.partition("x")
+    return int(block_t), int(block_d)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="L = 1024 and one timed repeat")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--peers", action="store_true", help="also the peers' kernels that are installed")
+    parser.add_argument("--peers", action="store_true",
+                        help="also the peers' kernels (installed first from benchmarks/peers/ where missing)")
+    parser.add_argument("--tiles", type=lambda text: [tile(t) for t in text.split(",")],
+                        default=[(8, 16), (16, 32), (32, 16), (32, 32)],
+                        help="selective scan tiles to time besides the default, STEPSxCHANNELS,... (powers of two)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py: no CUDA device here; run it on a machine with an NVIDIA GPU")
     if importlib.util.find_spec("triton") is None:
         raise SystemExit("benchmarks/gpu.py: triton is not installed; pip install 'ssmbench[kernels]'")
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}")
-    linear_scan_table(1024 if args.quick else 4096, 1 if args.quick else args.repeat, args.peers)
-    delta_rule_table(1024 if args.quick else 4096, 1 if args.quick else args.repeat, args.peers)
+    if args.peers:
+        install_missing_peers()
+    length, repeat = (1024, 1) if args.quick else (4096, args.repeat)
+    linear_scan_table(length, repeat, args.peers)
+    delta_rule_table(length, repeat, args.peers)
+    selective_scan_table(length, repeat, args.tiles)
 
 
 if __name__ == "__main__":
