@@ -21,15 +21,17 @@ monitors, the non-finite guard, random states) and the CSV logger; left out are 
 files (progress bar, model summary, checkpoints) and validation, none of which runs during a training step.
 Fit runs warmup + steps optimizer steps (one epoch); the clock (time.perf_counter, with CUDA synchronized)
 starts when warm-up step `warmup` has ended (compiles, autotuning, cuDNN's algorithm search and the optimizer
-state are behind it) and stops when the last step has ended, so it covers `steps` whole iterations of the loop:
-fetching the batch, moving it to the device, forward, loss, backward, the callbacks and the optimizer step.
+state are behind it) and is read after every further `steps` steps, --windows times (default 3), so each window
+covers `steps` whole iterations of the loop: fetching the batch, moving it to the device, forward, loss,
+backward, the callbacks and the optimizer step.
 
-Columns: samples/s = steps * B / seconds, ms/step = seconds / steps, peak MiB = the CUDA caching allocator's
+Columns, from the median window: samples/s = steps * B / seconds, ms/step = seconds / steps; spread = (slowest -
+fastest window) / median window (how steady the machine was); peak MiB = the CUDA caching allocator's
 peak during the timed steps (weights, gradients, optimizer state and activations; "-" on a CPU), params = the
 model's parameter count. A model that fails (out of memory, a size its mixer does not take, ...) gets its
 one-line error in its row and the next model runs. --markdown prints the table as markdown (for the README).
 --kernels sets SSMBENCH_KERNELS for the runs (ssmbench.kernels), to compare the Triton kernels with the torch
-paths; without it the environment's setting holds (auto when unset). --quick: 1 warm-up step and 2 timed steps.
+paths; without it the environment's setting holds (auto when unset). --quick: 1 warm-up step and one window of 2 steps.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Row(NamedTuple):
     peak_mib: float | None = None
     params: int = 0
     error: str | None = None
+    spread: float = 0.0  # (slowest - fastest window) / median window
 
 
 class RandomSequences(SequenceDataModule):
@@ -97,28 +100,33 @@ class RandomSequences(SequenceDataModule):
 
 
 class StepClock(L.Callback):
-    """Wall seconds from the end of training batch `warmup` to the end of batch `warmup + steps` (CUDA
-    synchronized at both), and the CUDA allocator's peak bytes in between."""
+    """Wall seconds of `windows` consecutive windows of `steps` training batches each, after `warmup` batches
+    (CUDA synchronized at every window's ends), and the CUDA allocator's peak bytes over them."""
 
-    def __init__(self, warmup: int, steps: int, device: str):
-        self.warmup, self.steps, self.device = warmup, steps, device
+    def __init__(self, warmup: int, steps: int, windows: int, device: str):
+        self.warmup, self.steps, self.windows, self.device = warmup, steps, windows, device
         self.batches = 0
-        self.start = self.seconds = math.nan
+        self.marks: list[float] = []
         self.peak_bytes: float | None = None
+
+    @property
+    def total(self) -> int:
+        return self.warmup + self.windows * self.steps
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.batches += 1
-        if self.batches not in (self.warmup, self.warmup + self.steps):
+        if self.batches < self.warmup or (self.batches - self.warmup) % self.steps:
             return
         synchronize(self.device)
-        if self.batches == self.warmup:
-            if self.device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            self.start = time.perf_counter()
-            return
-        self.seconds = time.perf_counter() - self.start
-        if self.device == "cuda":
+        if self.batches == self.warmup and self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.marks.append(time.perf_counter())
+        if self.batches == self.total and self.device == "cuda":
             self.peak_bytes = float(torch.cuda.max_memory_allocated())
+
+    def seconds(self) -> list[float]:
+        """The wall seconds of each window."""
+        return [end - start for start, end in zip(self.marks, self.marks[1:])]
 
 
 def run_overrides(model: str, device: str, size: Size, total_steps: int) -> list[str]:
@@ -130,31 +138,35 @@ def run_overrides(model: str, device: str, size: Size, total_steps: int) -> list
             "+trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false"]
 
 
-def measure_model(model: str, device: str, size: Size, steps: int, warmup: int) -> Row:
-    """Train `model` for warmup + steps steps as `ssmbench train` would (module docstring) and time the last `steps`."""
+def measure_model(model: str, device: str, size: Size, steps: int, warmup: int, windows: int = 1) -> Row:
+    """Train `model` for warmup + windows * steps steps as `ssmbench train` would (module docstring) and time each
+    window of `steps` after the warm-up: the Row of the median window, with the spread of the windows."""
     register_resolvers()
     with tempfile.TemporaryDirectory() as out, initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("config", run_overrides(model, device, size, warmup + steps))
+        cfg = compose("config", run_overrides(model, device, size, warmup + windows * steps))
         with open_dict(cfg):
             cfg.paths.output_dir = out
         check_config(cfg)
         metadata = {k: cfg.task[k] for k in ("name", "n_classes", "seq_len", "d_input", "target", "causal", "paired",
                                              "batch_size", "seed")}
-        dm, net, lit = build_modules(cfg, RandomSequences(n=(warmup + steps) * size.batch, **metadata))
+        dm, net, lit = build_modules(cfg, RandomSequences(n=(warmup + windows * steps) * size.batch, **metadata))
         _, trainer = build_trainer(cfg, "train", only=CALLBACKS)
-        clock = StepClock(warmup, steps, device)
+        clock = StepClock(warmup, steps, windows, device)
         trainer.callbacks.append(clock)
         trainer.fit(lit, datamodule=dm)
-    if clock.batches != warmup + steps:
-        raise RuntimeError(f"fit ended after {clock.batches} of {warmup + steps} steps")
-    return Row(model, steps * size.batch / clock.seconds, 1e3 * clock.seconds / steps,
-               None if clock.peak_bytes is None else clock.peak_bytes / 2**20, count_parameters(net)["params"])
+    if clock.batches != clock.total:
+        raise RuntimeError(f"fit ended after {clock.batches} of {clock.total} steps")
+    seconds = sorted(clock.seconds())
+    median = seconds[len(seconds) // 2]
+    return Row(model, steps * size.batch / median, 1e3 * median / steps,
+               None if clock.peak_bytes is None else clock.peak_bytes / 2**20, count_parameters(net)["params"],
+               spread=(seconds[-1] - seconds[0]) / median)
 
 
-def measured_or_failed(model: str, device: str, size: Size, steps: int, warmup: int) -> Row:
+def measured_or_failed(model: str, device: str, size: Size, steps: int, warmup: int, windows: int) -> Row:
     """measure_model's Row, or, where it raises, a Row with the first line of the error."""
     try:
-        row = measure_model(model, device, size, steps, warmup)
+        row = measure_model(model, device, size, steps, warmup, windows)
     except Exception as e:  # noqa: BLE001 - any failure of one model is reported in its row
         row = Row(model, error=f"{type(e).__name__}: {e}".splitlines()[0])
     gc.collect()
@@ -163,16 +175,17 @@ def measured_or_failed(model: str, device: str, size: Size, steps: int, warmup: 
     return row
 
 
-def throughput_rows(models: list[str], device: str, size: Size, steps: int, warmup: int) -> Iterator[Row]:
+def throughput_rows(models: list[str], device: str, size: Size, steps: int, warmup: int,
+                    windows: int = 1) -> Iterator[Row]:
     """One Row per model, in order, each as soon as it is measured; a model that raises gets its error in its
     Row and the others still run."""
-    if steps < 1 or warmup < 1:
-        raise ValueError(f"steps={steps}, warmup={warmup}: give at least 1 of each (the first step builds the "
-                         "optimizer state and is never timed)")
-    return (measured_or_failed(model, device, size, steps, warmup) for model in models)
+    if steps < 1 or warmup < 1 or windows < 1:
+        raise ValueError(f"steps={steps}, warmup={warmup}, windows={windows}: give at least 1 of each (the first "
+                         "step builds the optimizer state and is never timed)")
+    return (measured_or_failed(model, device, size, steps, warmup, windows) for model in models)
 
 
-HEADER = ("model", "samples/s", "ms/step", "peak MiB", "params")
+HEADER = ("model", "samples/s", "ms/step", "spread", "peak MiB", "params")
 
 
 def header_lines(width: int, markdown: bool) -> list[str]:
@@ -186,10 +199,11 @@ def header_lines(width: int, markdown: bool) -> list[str]:
 def format_row(row: Row, width: int, markdown: bool) -> str:
     """One line of the table: the numbers, or the model's error."""
     if row.error:
-        cells = [row.model, "error: " + (row.error.replace("|", "\\|") if markdown else row.error), "", "", ""]
+        cells = [row.model, "error: " + (row.error.replace("|", "\\|") if markdown else row.error), "", "", "", ""]
     else:
         peak = "-" if row.peak_mib is None else f"{row.peak_mib:.0f}"
-        cells = [row.model, f"{row.samples_per_s:.1f}", f"{row.ms_per_step:.1f}", peak, f"{row.params:,}"]
+        cells = [row.model, f"{row.samples_per_s:.1f}", f"{row.ms_per_step:.1f}", f"{100 * row.spread:.0f}%", peak,
+                 f"{row.params:,}"]
     if markdown:
         return "| " + " | ".join(cells) + " |"
     if row.error:
@@ -208,9 +222,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", default=",".join(config_groups()["model"]), help="default: every conf/model")
-    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
+    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per window")
+    parser.add_argument("--windows", type=int, default=3, help="timed windows (the median is reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps before them (at least 1)")
-    parser.add_argument("--quick", action="store_true", help="--warmup 1 --steps 2")
+    parser.add_argument("--quick", action="store_true", help="--warmup 1 --steps 2 --windows 1")
     parser.add_argument("--kernels", choices=kernels.MODES, help="SSMBENCH_KERNELS for the runs")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     for flag, field in (("--batch", "batch"), ("--length", "length"), ("--d-model", "d_model"), ("--layers", "n_layers")):
@@ -220,19 +235,20 @@ def main() -> None:
     use_device_and_threads(args.device, None)
     if args.kernels:
         os.environ["SSMBENCH_KERNELS"] = args.kernels
-    steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
+    steps, warmup, windows = (2, 1, 1) if args.quick else (args.steps, args.warmup, args.windows)
     default = SIZES[args.device]
     size = Size(*(getattr(default if getattr(args, f) is None else args, f) for f in Size._fields))
     models = args.models.split(",")
     try:
-        rows = throughput_rows(models, args.device, size, steps, warmup)
+        rows = throughput_rows(models, args.device, size, steps, warmup, windows)
     except ValueError as e:
         parser.error(str(e))
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available: ..." lines per model
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"ssmbench train throughput, task={TASK} shape with random data: B={size.batch}, L={size.length}, "
           f"d_model={size.d_model}, n_layers={size.n_layers}; trainer={TRAINER[args.device]} "
-          f"({precision_of(args.device)}); {warmup} warm-up + {steps} timed steps; "
+          f"({precision_of(args.device)}); {warmup} warm-up steps, then the median of {windows} windows of "
+          f"{steps} steps; "
           f"SSMBENCH_KERNELS={kernels.mode()}; {name}; torch {torch.__version__}")
     width = max(map(len, [HEADER[0], *models]))
     print("\n".join(header_lines(width, args.markdown)), flush=True)
