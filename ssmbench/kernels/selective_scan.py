@@ -45,10 +45,16 @@ from triton.runtime.jit import JITFunction
 from ssmbench.kernels import KERNEL_DTYPES
 
 # (steps per tile, channels per program); all N states of a channel are in the program (N padded to a power of
-# two). The interpreter spends Python time on every element of a tile: small tiles there. The CUDA tiles are
-# a first choice, not yet tuned on a GPU (issue 17).
+# two). The interpreter spends Python time on every element of a tile: small tiles there. The CUDA tile is not
+# yet timed on a GPU (issue 17); compiled for sm_90 with _warps' choice it needs 82 (forward) and 178 (backward)
+# registers per thread at N = 16 and spills nothing, where 16 x 32 and 32 x 16 tiles spill in backward.
 BLOCKS = {"cuda": (16, 16), "cpu": (4, 4)}
 DTYPES = KERNEL_DTYPES["selective_scan"]
+
+
+def _warps(block_t: int, block_d: int, block_n: int) -> int:
+    """Warps per program: one per 512 elements of a (BLOCK_T, BLOCK_D, BLOCK_N) tile, 1 to 8 (16 per thread)."""
+    return min(8, max(1, block_t * block_d * block_n // 512))
 
 
 def _add(x, y):
@@ -272,7 +278,8 @@ class _TritonSelectiveScan(torch.autograd.Function):
             u, delta, A, B, C, D if D is not None else u, zs, h0s, y, starts, h_last, length, width, n_state,
             *u.stride(), *delta.stride(), *zs.stride(), *y.stride(), *B.stride(), *C.stride(), *A.stride(),
             *h0s.stride(), HAS_D=D is not None, HAS_Z=z is not None, HAS_H0=h0 is not None,
-            BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(n_state))
+            BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(n_state),
+            num_warps=_warps(block_t, block_d, triton.next_power_of_2(n_state)))
         ctx.save_for_backward(u, delta, A, B, C, D, z, h0, starts)
         ctx.blocks = block_t, block_d
         return y, h_last
@@ -303,7 +310,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
             length, width, n_state,
             *u.stride(), *delta.stride(), *zs.stride(), *dy.stride(), *B.stride(), *C.stride(), *A.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DHLAST=dh_last is not dh0,
-            BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n)
+            BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=_warps(block_t, block_d, block_n))
         return (du.to(u.dtype), ddelta.to(delta.dtype), dA.sum(0).to(A.dtype), dB.sum(0).to(B.dtype),
                 dC.sum(0).to(C.dtype), dD.sum(0).to(D.dtype) if D is not None else None,
                 dz.to(z.dtype) if z is not None else None, dh0.to(h0.dtype) if h0 is not None else None, None, None)
