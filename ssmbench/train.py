@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from ssmbench import kernels
 from ssmbench.build import build_modules, build_trainer, count_parameters
 from ssmbench.config import print_config_tree
 from ssmbench.errors import UserError
@@ -148,6 +149,7 @@ def train(cfg: DictConfig, command: str, replay: str) -> float | None:
         metrics = {**earlier, **fit_metrics, **test_metrics}
         if record:
             record.update(status="completed", metrics=metrics, best_checkpoint=best or None,
+                          kernels={"mode": kernels.mode(), "used": kernels.used()},
                           epochs=trainer.current_epoch, global_step=trainer.global_step,
                           **({**throughput, "throughput_scope": THROUGHPUT_SCOPE} if throughput else {}))
             log.info("results: %s", out / "results.json")

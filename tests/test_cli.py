@@ -63,6 +63,7 @@ def test_train_eval_and_resume(tmp_path):
         assert key in first["metrics"]
     assert first["train_samples_per_s"] > 0 and first["wall_time_s"] > 0
     assert first["command"].startswith("ssmbench train") and "git_commit" in first
+    assert first["kernels"] == {"mode": "auto", "used": []}  # a CPU run takes the torch paths
     run = tmp_path / "run"
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "csv" / "metrics.csv").is_file()
 
