@@ -6,6 +6,7 @@
     triton_available()           triton is installed (found without importing it)
     interpreting()               TRITON_INTERPRET=1: CPU tensors may run through Triton's interpreter
     use_kernel(name, tensors)    the dispatch rule below: True if core should call the kernel `name`
+    used()                       the kernels use_kernel has sent work to in this process (results.json records it)
     KERNEL_DTYPES                the dtypes each kernel takes, by name
 
 Nothing here imports triton: the kernel modules (ssmbench.kernels.linear_scan, ...) are imported by core
@@ -36,11 +37,13 @@ KERNEL_DTYPES = {
     "linear_scan": (torch.float32, torch.bfloat16, torch.float16, torch.complex64),  # float32 arithmetic
     "selective_scan": (torch.float32, torch.bfloat16, torch.float16),  # float32 arithmetic
     "delta_rule_state": (torch.float32, torch.bfloat16, torch.float16),  # float32 arithmetic
+    "cauchy": (torch.complex64,),  # float32 arithmetic on the real and imaginary parts
 }
 # Kernels whose real-size CUDA tests (tests/test_kernels_*.py, skipped without a GPU) have passed on a GPU. `auto`
 # sends CUDA tensors only to these: a kernel checked through the interpreter but never run compiled on a GPU is
 # used on CUDA only when asked for (SSMBENCH_KERNELS=triton). linear_scan has not run on a GPU yet (issue 17).
 VERIFIED_ON_GPU: frozenset[str] = frozenset()
+_used: set[str] = set()
 
 
 def mode() -> str:
@@ -70,6 +73,11 @@ def choose(value: str | None) -> None:
     chosen = parse_choice(value)
     if chosen is not None:
         os.environ["SSMBENCH_KERNELS"] = chosen
+
+
+def used() -> list[str]:
+    """The names of the kernels that use_kernel has chosen in this process so far, sorted."""
+    return sorted(_used)
 
 
 def triton_available() -> bool:
@@ -108,11 +116,15 @@ def use_kernel(name: str, tensors: Iterable[torch.Tensor | None]) -> bool:
     reason = _unsupported(given, KERNEL_DTYPES[name])
     if chosen == "auto":
         on_cuda = any(t.is_cuda for t in given)
-        return reason is None and triton_available() and (name in VERIFIED_ON_GPU or not on_cuda)
+        if not (reason is None and triton_available() and (name in VERIFIED_ON_GPU or not on_cuda)):
+            return False
+        _used.add(name)
+        return True
     if not triton_available():
         raise ValueError("SSMBENCH_KERNELS=triton but triton is not installed: pip install 'ssmbench[kernels]', "
                          "or set SSMBENCH_KERNELS=auto")
     if reason is not None:
         raise ValueError(f"SSMBENCH_KERNELS=triton: the {name} kernel does not take {reason}; "
                          f"set SSMBENCH_KERNELS=auto to use the torch path there")
+    _used.add(name)
     return True
