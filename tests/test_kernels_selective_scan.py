@@ -32,12 +32,12 @@ def make_inputs(batch, length, width, n_state, seed, with_d=True, with_z=True, w
     return [u, delta, A, B, C, D, z, h0], randn(batch, length, width), randn(batch, width, n_state)
 
 
-def value_and_grads(fn, inputs, w_y, w_h, dtype):
+def value_and_grads(fn, inputs, w_y, w_h, dtype, views=lambda xs: xs):
     """(y, h_last) = fn(*inputs) on fresh leaves in `dtype` and the gradients of <w_y, y> + <w_h, h_last> (a
     weight None leaves that output out of the loss; an input the loss does not reach has a zero gradient), all
     as float64."""
     leaves = [x.detach().to(dtype).requires_grad_() if x is not None else None for x in inputs]
-    y, h = fn(*leaves)
+    y, h = fn(*views(leaves))
     loss = sum((out.double() * w).sum() for out, w in ((y, w_y), (h, w_h)) if w is not None)
     given = [x for x in leaves if x is not None]
     grads = iter(torch.autograd.grad(loss, given, allow_unused=True, materialize_grads=True))
@@ -48,10 +48,10 @@ def reference(*inputs):
     return selective_scan_reference(*inputs, return_state=True)
 
 
-def check(inputs, w_y, w_h, dtype=torch.float32, tol=2e-6, **blocks):
-    """The kernel on `dtype` inputs against the float64 loop: every output and gradient within tol of the
-    reference's largest entry."""
-    y, h, grads = value_and_grads(lambda *x: fused.selective_scan(*x, **blocks), inputs, w_y, w_h, dtype)
+def check(inputs, w_y, w_h, dtype=torch.float32, tol=2e-6, views=lambda xs: xs, **blocks):
+    """The kernel on `dtype` inputs (passed through `views`) against the float64 loop: every output and gradient
+    within tol of the reference's largest entry."""
+    y, h, grads = value_and_grads(lambda *x: fused.selective_scan(*x, **blocks), inputs, w_y, w_h, dtype, views)
     y_ref, h_ref, grads_ref = value_and_grads(reference, inputs, w_y, w_h, torch.float64)
     for name, x, ref in zip(("y", "h_last", *NAMES), (y, h, *grads), (y_ref, h_ref, *grads_ref)):
         if ref is None:
@@ -85,6 +85,22 @@ def test_strong_decay_stays_finite_and_exact():
     kernel still agrees with the loop to float32 rounding."""
     inputs, w_y, w_h = make_inputs(1, 9, 4, 2, seed=3, decay_scale=20.0)
     check(inputs, w_y, w_h, block_t=4, block_d=4)
+
+
+def test_strided_inputs():
+    """Views as Mamba makes them: u and delta transposed from (Bt, Dm, L), B and C halves of one (Bt, L, 2N)
+    projection, D every other entry of a longer vector, h0 transposed from (Bt, N, Dm)."""
+    inputs, w_y, w_h = make_inputs(2, 6, 3, 2, seed=6)
+
+    def views(xs):
+        u, delta, A, B, C, D, z, h0 = xs
+        out = [u.transpose(1, 2).contiguous().transpose(1, 2), delta.transpose(1, 2).contiguous().transpose(1, 2),
+               A.t().contiguous().t(), *torch.cat([B, C], dim=-1).split(2, dim=-1),
+               torch.stack([D, -D], dim=-1).flatten()[::2], z, h0.transpose(1, 2).contiguous().transpose(1, 2)]
+        assert not any(x.is_contiguous() for x in out if x is not z)
+        return out
+
+    check(inputs, w_y, w_h, views=views, block_t=4, block_d=2)
 
 
 def test_bfloat16_inputs():

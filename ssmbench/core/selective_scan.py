@@ -323,7 +323,7 @@ def selective_scan(
         return selective_scan_reference(u, delta, A, B, C, D, z, initial_state, return_state)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"selective_scan: chunk_size must be a positive integer, got {chunk_size!r}")
-    if kernels.use_kernel("selective_scan", (u, delta, A, B, C, D, z, initial_state)):
+    if u.numel() and A.shape[1] and kernels.use_kernel("selective_scan", (u, delta, A, B, C, D, z, initial_state)):
         from ssmbench.kernels.selective_scan import selective_scan as fused_selective_scan
 
         y, h_last = fused_selective_scan(u, delta, A, B, C, D, z, initial_state)

@@ -337,4 +337,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     block_t, block_d = block_t or default_t, block_d or default_d
     if not (_power_of_two(block_t) and _power_of_two(block_d)):
         raise ValueError(f"triton selective_scan: block_t and block_d must be powers of two, got {block_t} and {block_d}")
+    if u.numel() == 0 or A.shape[1] == 0:
+        raise ValueError(f"triton selective_scan: give Bt, Dm and N >= 1, got u {tuple(u.shape)} and A {tuple(A.shape)}")
+    D = D.contiguous() if D is not None else None  # the kernels read D with stride 1
     return _TritonSelectiveScan.apply(u, delta, A, B, C, D, z, initial_state, block_t, block_d)
