@@ -31,6 +31,15 @@ Mamba initializes it), B, C, D, z ~ N(0, 1): forward + backward of <w, y> by
     triton    ssmbench.kernels.selective_scan at its default tile, and at every tile of --tiles (untuned so far)
 Columns as above; the error is that of y against the torch path in float32.
 
+The S4 kernel (core.ssm_kernel.kernel_dplr with conj_sym, as the S4 layer calls it) at issue 17's shape H=256,
+N=64 (32 conjugate pairs; DPLR-LegS, C~ ~ CN(0, 1), dt log-uniform in [1e-3, 1e-1], benchmarks/s4_kernel.py's
+inputs), L=4096 (--quick: L=1024), complex64: forward + backward of <1, K> into every parameter by
+    torch Cauchy     SSMBENCH_KERNELS=torch (core.cauchy's chunked backend)
+    triton Cauchy    SSMBENCH_KERNELS=triton (the Cauchy sums by ssmbench.kernels.cauchy; the rest in torch)
+next to the FFT convolution the kernel feeds (core.fftconv.causal_conv, u (B=8, H, L) float32, K (H, L)).
+Columns: median wall ms, peak MiB, time / the FFT convolution's (issue 17's target: <= 1 for the kernel), and
+the error of K against the torch Cauchy's (max |K - K_torch| / max |K_torch|).
+
 Peers offline. GPU machines may have no network: --peers first installs the peers that are missing from the
 wheels in benchmarks/peers/ (ignored by git; fetch them where there is a network with
     pip download --no-deps fla-core==0.6.0 einops accelerated-scan -d benchmarks/peers
@@ -51,8 +60,10 @@ import torch
 
 import measure
 from ssmbench.core.delta_rule import delta_rule_chunkwise, gated_delta_rule_chunkwise
+from ssmbench.core.fftconv import causal_conv
 from ssmbench.core.scan import linear_scan
 from ssmbench.core.selective_scan import selective_scan
+from ssmbench.core.ssm_kernel import kernel_dplr
 
 B, D = 8, 1536
 HEADS, DK, DV = 16, 128, 128
@@ -258,6 +269,46 @@ def selective_scan_table(length: int, repeat: int, tiles: list[tuple[int, int]])
                   f"{base / seconds:>9.2f} {channel_err(y, ref):>9.1e}")
 
 
+def s4_kernel_fwd_bwd(kernels: str, inputs: list[torch.Tensor], length: int) -> torch.Tensor:
+    """K = kernel_dplr(Lambda, P, P, B, C~, dt, L, conj_sym) under SSMBENCH_KERNELS=kernels and the gradients of
+    <1, K> into all five parameters (torch.autograd.grad: nothing accumulates between runs); returns K."""
+    Lambda, P, B_ssm, C, dt = inputs  # B_ssm: the SSM's input vector (B is this script's batch size)
+    K = with_kernels(kernels, lambda: kernel_dplr(Lambda, P, P, B_ssm, C, dt, length, conj_sym=True))
+    torch.autograd.grad(K, inputs, torch.ones_like(K))
+    return K.detach()
+
+
+def conv_fwd_bwd(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    u, K = u.detach().requires_grad_(), K.detach().requires_grad_()
+    y = causal_conv(u, K)
+    y.backward(torch.ones_like(y))
+    return y.detach()
+
+
+def s4_kernel_table(length: int, repeat: int) -> None:
+    from s4_kernel import H as S4_H, N as S4_N, kernel_inputs
+
+    print(f"\nS4 kernel (kernel_dplr, conj_sym) forward+backward, H={S4_H}, N={S4_N}, L={length}, complex64; "
+          f"the FFT convolution it feeds at B={B}")
+    header = f"{'part':>22} {'ms':>8} {'peak MiB':>9} {'/ FFT conv':>10} {'err K':>9}"
+    print(header)
+    print("-" * len(header))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    u = torch.randn(B, S4_H, length, generator=g, device="cuda")
+    K = torch.randn(S4_H, length, generator=g, device="cuda")
+    inputs = kernel_inputs(torch.device("cuda"))
+    ref = s4_kernel_fwd_bwd("torch", inputs, length)
+    parts = {"kernel, torch Cauchy": lambda: s4_kernel_fwd_bwd("torch", inputs, length),
+             "kernel, triton Cauchy": lambda: s4_kernel_fwd_bwd("triton", inputs, length),
+             f"FFT convolution, B={B}": lambda: conv_fwd_bwd(u, K)}
+    timings = {name: (measure.timed(run, "cuda", repeat)[0], measure.cuda_peak_bytes(run) / 2**20)
+               for name, run in parts.items()}
+    conv_seconds = timings[f"FFT convolution, B={B}"][0]
+    for name, (seconds, peak) in timings.items():
+        err = f"{((parts[name]() - ref).abs().max() / ref.abs().max()).item():>9.1e}" if "kernel" in name else "-"
+        print(f"{name:>22} {1e3 * seconds:>8.2f} {peak:>9.0f} {seconds / conv_seconds:>10.2f} {err:>9}")
+
+
 def install_missing_peers() -> None:
     """pip install, from the wheels in PEER_WHEELS and nothing else, the peers that are not importable."""
     missing = [dist for module, dist in PEERS.items() if importlib.util.find_spec(module) is None]
@@ -300,6 +351,7 @@ def main() -> None:
     linear_scan_table(length, repeat, args.peers)
     delta_rule_table(length, repeat, args.peers)
     selective_scan_table(length, repeat, args.tiles)
+    s4_kernel_table(length, repeat)
 
 
 if __name__ == "__main__":

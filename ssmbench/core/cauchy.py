@@ -14,6 +14,10 @@ hand-written backward is also faster than autograd through the reference's broad
 materializes the Cauchy matrix's gradient for every numerator), at every size measured
 (benchmarks/s4_kernel.py).
 The backend in use is logged once per process, at its first call.
+
+Where ssmbench.kernels.use_kernel says so (complex64 tensors on CUDA, or on the CPU under TRITON_INTERPRET=1;
+SSMBENCH_KERNELS), `cauchy()` calls the fused Triton kernel ssmbench.kernels.cauchy instead of either backend:
+the same sum in one launch for the forward and one or two for the backward, the Cauchy matrix never stored.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import logging
 import math
 
 import torch
+
+from ssmbench import kernels
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +136,14 @@ def backend_in_use() -> str:
 
 
 def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """sum_i v_i / (z_j - w_i) with the configured backend: v (..., N), z (..., L), w (..., N) -> (..., L)."""
+    """sum_i v_i / (z_j - w_i) with the configured backend, or the Triton kernel where it applies (module
+    docstring): v (..., N), z (..., L), w (..., N) -> (..., L)."""
     if v.shape[-1] != w.shape[-1]:
         raise ValueError(f"cauchy: v and w need the same last (state) size, got {v.shape[-1]} and {w.shape[-1]}")
+    if kernels.use_kernel("cauchy", (v, z, w)):
+        from ssmbench.kernels.cauchy import cauchy as fused_cauchy
+
+        return fused_cauchy(v, z, w)
     if backend_in_use() == "reference":
         return cauchy_reference(v, z, w)
     return cauchy_chunked(v, z, w)
