@@ -3,6 +3,7 @@ small steps several test files share (stepping a recurrent mixer, preparing a da
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -78,3 +79,38 @@ def fit_and_test(cfg, dm) -> dict:
     trainer.fit(lit, datamodule=dm)
     (result,) = trainer.test(lit, datamodule=dm, verbose=False)
     return result
+
+
+def triton_interpreter_problem() -> str | None:
+    """Why Triton's interpreter, as installed, cannot run ssmbench's kernels on CPU tensors (None where it can, or
+    where triton is missing: those tests skip on their own). The kernels loop over tiles up to a runtime length,
+    which triton 3.6's interpreter cannot do with numpy >= 2.4 (it calls int() on a 1-element array)."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    if "problem" not in _INTERPRETER:
+        _INTERPRETER["problem"] = _probe_interpreter()
+    return _INTERPRETER["problem"]
+
+
+_INTERPRETER: dict[str, str | None] = {}
+
+
+def _probe_interpreter() -> str | None:
+    import numpy
+    import torch
+    import triton
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    def tiles(x_ptr, length, BLOCK: tl.constexpr):
+        for start in range(0, length, BLOCK):
+            at = start + tl.arange(0, BLOCK)
+            tl.store(x_ptr + at, tl.load(x_ptr + at, mask=at < length, other=0.0) + 1.0, mask=at < length)
+
+    x = torch.zeros(5)
+    try:
+        InterpretedFunction(tiles)[(1,)](x, 5, BLOCK=4)
+    except Exception as e:  # noqa: BLE001 - any failure means the interpreter cannot run the kernels
+        return (f"triton {triton.__version__}'s interpreter cannot run the kernels with numpy {numpy.__version__} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); triton >= 3.7 can")
+    return None if bool((x == 1).all()) else f"triton {triton.__version__}'s interpreter computed a tile loop wrongly"

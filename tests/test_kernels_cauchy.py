@@ -11,6 +11,7 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.interpreter  # (the CUDA tests are marked gpu and run compiled)
 
 from ssmbench.core.cauchy import cauchy, cauchy_chunked, cauchy_reference  # noqa: E402
 from ssmbench.core.hippo import dplr  # noqa: E402

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.interpreter  # (the CUDA tests are marked gpu and run compiled)
 
 from ssmbench.core import delta_rule  # noqa: E402
 from ssmbench.core.delta_rule import (delta_rule_chunkwise, gated_delta_rule_chunkwise,  # noqa: E402

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.interpreter  # (the CUDA tests are marked gpu and run compiled)
 
 from ssmbench import kernels  # noqa: E402
 from ssmbench.core.scan import linear_scan, linear_scan_reference  # noqa: E402
