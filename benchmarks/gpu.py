@@ -7,7 +7,8 @@ linear_scan at issue 17's shape B=8, L=4096, D=1536 (--quick: L=1024), float32 a
 (h.backward(w)) by
     torch     core.scan.linear_scan with SSMBENCH_KERNELS=torch (the chunked scan; bf16 computes in bf16)
     triton    ssmbench.kernels.linear_scan (float32 arithmetic)
-    accel     --peers, time-varying a only: accelerated-scan's Triton scan (accelerated_scan.triton.scan, its
+    accel     --peers, time-varying a only: accelerated-scan's Triton scan (accelerated_scan.scalar.scan in 0.3,
+              accelerated_scan.triton.scan before; its
               (B, D, L) layout, inputs already transposed), where the package is installed
 Columns: median wall ms (after a warm-up, which also compiles), the CUDA allocator's peak above the inputs
 (MiB), torch / method time, and the error of h against the torch path run in float32 on the same inputs
@@ -42,7 +43,7 @@ the error of K against the torch Cauchy's (max |K - K_torch| / max |K_torch|).
 
 Peers offline. GPU machines may have no network: --peers first installs the peers that are missing from the
 wheels in benchmarks/peers/ (ignored by git; fetch them where there is a network with
-    pip download --no-deps fla-core==0.6.0 einops accelerated-scan -d benchmarks/peers
+    pip download --no-deps fla-core==0.6.0 einops accelerated-scan==0.3.1 -d benchmarks/peers
 fla-core holds flash-linear-attention's fla.ops; einops is its one dependency).
 Exits with one line where there is no CUDA device.
 """
@@ -105,9 +106,23 @@ def triton_path(a, b):
 
 def accelerated_scan_path(a, b):
     """h for (a, b) in accelerated-scan's (B, D, L) layout, returned in it (only the scan is timed)."""
-    from accelerated_scan.triton import scan
+    try:
+        from accelerated_scan.scalar import scan  # 0.3
+    except ImportError:
+        from accelerated_scan.triton import scan  # earlier releases
 
     return scan(a, b)
+
+
+def peer_runs(label: str, name: str, run) -> bool:
+    """Run a peer's first forward + backward; where it fails (not importable, inputs refused, a compile error or
+    out of resources), print a row saying why and return False, so the other methods and tables still run."""
+    try:
+        run()
+    except Exception as error:  # noqa: BLE001 - any failure of a peer is reported in its row
+        print(f"{label} {name:>7} failed: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:100]}")
+        return False
+    return True
 
 
 def fwd_bwd(fn, a, b, w):
@@ -136,13 +151,16 @@ def linear_scan_table(length: int, repeat: int, peers: bool) -> None:
                 layout = [x.transpose(1, 2).contiguous() for x in (a, b, w)]
                 methods["accel"] = (accelerated_scan_path, layout)
             base = None
+            label = f"{str(dtype).removeprefix('torch.'):>9} {'(D,)' if constant_a else '(B,L,D)':>9}"
             for name, (fn, args) in methods.items():
+                if name == "accel" and not peer_runs(label, name, lambda: fwd_bwd(fn, *args)):
+                    continue
                 seconds = measure.timed(lambda: fwd_bwd(fn, *args), "cuda", repeat)[0]
                 peak = measure.cuda_peak_bytes(lambda: fwd_bwd(fn, *args)) / 2**20
                 h = fwd_bwd(fn, *args)
                 h = h.transpose(1, 2) if name == "accel" else h
                 base = base or seconds
-                print(f"{str(dtype).removeprefix('torch.'):>9} {'(D,)' if constant_a else '(B,L,D)':>9} {name:>7} "
+                print(f"{label} {name:>7} "
                       f"{1e3 * seconds:>8.2f} {peak:>9.0f} {base / seconds:>9.2f} {channel_err(h, ref):>9.1e}")
     if peers and not has_accel:
         print("accel: accelerated-scan is not installed (pip install accelerated-scan)")
@@ -202,17 +220,13 @@ def delta_rule_table(length: int, repeat: int, peers: bool) -> None:
             ref = rule_fwd_bwd(ours(gated, "torch"), *(x.float() for x in inputs))
             methods = {"torch": (ours(gated, "torch"), inputs), "triton": (ours(gated, "triton"), inputs)}
             if peers and has_fla:
-                methods["fla"] = (fla(gated), [x.transpose(1, 2).contiguous() for x in inputs])
+                methods["fla"] = (lambda *x, gated=gated: fla(gated)(*x), [x.transpose(1, 2).contiguous() for x in inputs])
             base = None
             label = f"{str(dtype).removeprefix('torch.'):>9} {'gated' if gated else 'delta':>6}"
             for name, (fn, args) in methods.items():
-                try:
-                    o = rule_fwd_bwd(fn, *args)
-                except (AssertionError, RuntimeError, ValueError) as error:  # a peer refusing the inputs: say why
-                    if name != "fla":
-                        raise
-                    print(f"{label} {name:>7} refused: {str(error).splitlines()[0][:100]}")
+                if name == "fla" and not peer_runs(label, name, lambda: rule_fwd_bwd(fn, *args)):
                     continue
+                o = rule_fwd_bwd(fn, *args)
                 seconds = measure.timed(lambda: rule_fwd_bwd(fn, *args), "cuda", repeat)[0]
                 peak = measure.cuda_peak_bytes(lambda: rule_fwd_bwd(fn, *args)) / 2**20
                 o = o.transpose(1, 2) if name == "fla" else o

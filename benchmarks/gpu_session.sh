@@ -14,7 +14,7 @@
 #   kernels     benchmarks/gpu.py --peers: kernel vs torch path vs flash-linear-attention and accelerated-scan at
 #               issue 17's shapes, with a tile sweep for the selective scan (<= 3.5 min)
 #   throughput  benchmarks/train_throughput.py on the GPU: every model with the torch paths, and the models that
-#               use a kernel with the kernels (<= 5 min)
+#               use a kernel with the kernels (<= 5.5 min)
 # A lent machine runs one command for at most 10 minutes: `run tests kernels`, then `run throughput`. After a pass
 # of `tests`, a kernel goes into ssmbench.kernels.VERIFIED_ON_GPU, and the tables into the README.
 set -uo pipefail
@@ -24,7 +24,7 @@ WHEELS=benchmarks/peers
 fetch() {
     mkdir -p "$WHEELS"
     python3 -m pip download --quiet --no-deps -d "$WHEELS" hydra-core==1.3.2 omegaconf==2.3.0 fla-core==0.6.0 \
-        einops accelerated-scan
+        einops accelerated-scan==0.3.1
     python3 -m pip wheel --quiet --no-deps -w "$WHEELS" antlr4-python3-runtime==4.9.3  # an sdist on PyPI
     ls -la "$WHEELS"
 }
@@ -65,8 +65,8 @@ run() {
             throughput)
                 step throughput_torch 200 python3 benchmarks/train_throughput.py --markdown --kernels torch \
                     --steps 5 --windows 2
-                step throughput_kernels 100 python3 benchmarks/train_throughput.py --markdown --kernels triton \
-                    --steps 5 --windows 2 --models lru,s5,hawk,mamba,deltanet,gated_deltanet ;;
+                step throughput_kernels 120 python3 benchmarks/train_throughput.py --markdown --kernels triton \
+                    --steps 5 --windows 2 --models s4,lru,s5,hawk,nrnn,mamba,deltanet,gated_deltanet ;;
             *) echo "unknown step $chosen: give tests, kernels or throughput" >&2; return 2 ;;
         esac
     done

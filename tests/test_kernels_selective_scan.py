@@ -184,3 +184,30 @@ def test_cuda_real_size_matches_the_torch_path(dtype, monkeypatch):
     for name, x, ref in zip(("y", "h_last", *NAMES), (y, h, *grads), (y_ref, h_ref, *grads_ref)):
         if ref is not None:
             assert (x - ref).abs().max() <= tol * ref.abs().max(), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("full", [False, True])
+def test_cuda_variants_match_the_torch_path(dtype, full, monkeypatch):
+    """The compiled variants the real-size test leaves out, at a small size with ragged tiles (L = 1000, D = 200,
+    N = 12 padded to 16): h0 and a loss through h_last (full), no D and no z (not full), float16, and the strided
+    views Mamba passes (test_strided_inputs' layout)."""
+    monkeypatch.setenv("SSMBENCH_KERNELS", "torch")
+    inputs, w_y, w_h = make_inputs(2, 1000, 200, 12, seed=7, with_d=full, with_z=full, with_h0=full)
+    inputs = [x.cuda() if x is not None else None for x in inputs]
+    w_y, w_h = w_y.cuda(), w_h.cuda() if full else None
+
+    def views(xs):
+        u, delta, A, B, C, D, z, h0 = xs
+        return [u.transpose(1, 2).contiguous().transpose(1, 2), delta, A, *torch.cat([B, C], dim=-1).split(12, -1),
+                D, z, h0.transpose(1, 2).contiguous().transpose(1, 2) if h0 is not None else None]
+
+    y, h, grads = value_and_grads(fused.selective_scan, inputs, w_y, w_h, dtype, views)
+    y_ref, h_ref, grads_ref = value_and_grads(lambda *x: selective_scan(*x, return_state=True), inputs, w_y, w_h,
+                                              dtype, views)
+    tol = 1e-4 if dtype == torch.float32 else 5e-3
+    for name, x, ref in zip(("y", "h_last", *NAMES), (y, h, *grads), (y_ref, h_ref, *grads_ref)):
+        if ref is not None:
+            assert (x - ref).abs().max() <= tol * ref.abs().max(), name

@@ -7,6 +7,11 @@
     interpreting()               TRITON_INTERPRET=1: CPU tensors may run through Triton's interpreter
     use_kernel(name, tensors)    the dispatch rule below: True if core should call the kernel `name`
     used()                       the kernels use_kernel has sent work to in this process (results.json records it)
+    launch(built, name, device, grid, *args, **kwargs)   how every kernel module launches its kernels
+
+Every kernel is once differentiable: its backward is a kernel, not itself differentiated (a second derivative,
+create_graph=True through it, raises; SSMBENCH_KERNELS=torch where one is needed: the torch paths of the delta rule
+and the scans' loops support it).
     KERNEL_DTYPES                the dtypes each kernel takes, by name
 
 Nothing here imports triton: the kernel modules (ssmbench.kernels.linear_scan, ...) are imported by core
@@ -73,6 +78,17 @@ def choose(value: str | None) -> None:
     chosen = parse_choice(value)
     if chosen is not None:
         os.environ["SSMBENCH_KERNELS"] = chosen
+
+
+def launch(built: dict, name: str, device: torch.device, grid: tuple, *args, **kwargs) -> None:
+    """Launch the kernel `name` of a module's {(name, interpreted): kernel} table `built` on tensors of `device`:
+    the interpreted one for CPU tensors; the compiled one for CUDA tensors, with their device current (Triton
+    launches on the current CUDA device, which need not be theirs)."""
+    if device.type == "cpu":
+        built[name, True][grid](*args, **kwargs)
+        return
+    with torch.cuda.device(device):
+        built[name, False][grid](*args, **kwargs)
 
 
 def used() -> list[str]:

@@ -24,7 +24,8 @@ strides, cached on the device), so no input is copied to the common shape. Three
                   needs a gradient);
     _grad_nodes   (row, BLOCK_L nodes): loops over the poles -> dz, only where z needs a gradient (S4's nodes,
                   the roots of unity, do not).
-Once differentiable: the backward is not itself differentiable (core's torch paths are).
+Once differentiable: the backward is not itself differentiable (nor is core's chunked torch path's, which works
+in place).
 
 CUDA tensors run the compiled kernels; CPU tensors run them in Triton's interpreter (numpy; for tests), built
 from the same functions as ssmbench.kernels.linear_scan explains (triton.language builtins only).
@@ -42,7 +43,7 @@ from torch.autograd.function import once_differentiable
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
-from ssmbench.kernels import KERNEL_DTYPES
+from ssmbench.kernels import KERNEL_DTYPES, launch
 
 # (nodes per tile, poles per tile). S4 calls it with N/2 = 32 poles (N = 64) and L + 2 nodes: one tile of poles
 # per row. The CUDA tile is a first choice, not yet timed on a GPU (issue 17): compiled for sm_90 with 4 warps it
@@ -188,9 +189,6 @@ _KERNELS = {
 }
 
 
-def _kernel(name: str, device: torch.device):
-    return _KERNELS[name, device.type == "cpu"]
-
 
 @functools.lru_cache(maxsize=64)
 def _row_offsets(batch: tuple[int, ...], strides: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -221,7 +219,7 @@ class _TritonCauchy(torch.autograd.Function):
         y = torch.empty(*batch, n_nodes, dtype=v.dtype, device=v.device)
         if y.numel():
             (vr, v_rows, sv), (zr, z_rows, sz), (wr, w_rows, sw) = (_rows(x, batch) for x in (v, z, w))
-            _kernel("forward", v.device)[rows, triton.cdiv(n_nodes, block_l)](
+            launch(_KERNELS, "forward", v.device, (rows, triton.cdiv(n_nodes, block_l)),
                 vr, zr, wr, torch.view_as_real(y), v_rows, z_rows, w_rows, n_poles, n_nodes, sv, sz, sw,
                 BLOCK_L=block_l, BLOCK_N=block_n)
         ctx.save_for_backward(v, z, w)
@@ -239,20 +237,20 @@ class _TritonCauchy(torch.autograd.Function):
         (vr, v_rows, sv), (zr, z_rows, sz), (wr, w_rows, sw), (gr, g_rows, sg) = (
             _rows(x, batch) for x in (v, z, w, grad))
         common = (v_rows, z_rows, w_rows, g_rows, n_poles, n_nodes, sv, sz, sw, sg)
-        launch = bool(rows and n_poles and n_nodes)
-        new = torch.empty if launch else torch.zeros  # a launch writes every entry; else the sums are empty: 0
+        nonempty = bool(rows and n_poles and n_nodes)
+        new = torch.empty if nonempty else torch.zeros  # a launch writes every entry; else the sums are empty: 0
         dv = dz = dw = None
         if need_v or need_w:
             dv = new(*batch, n_poles, dtype=v.dtype, device=v.device)
             dw = new(*batch, n_poles, dtype=v.dtype, device=v.device)
-            if launch:
-                _kernel("grad_poles", v.device)[rows, triton.cdiv(n_poles, block_n)](
+            if nonempty:
+                launch(_KERNELS, "grad_poles", v.device, (rows, triton.cdiv(n_poles, block_n)),
                     vr, zr, wr, gr, torch.view_as_real(dv), torch.view_as_real(dw), *common,
                     BLOCK_L=block_l, BLOCK_N=block_n)
         if need_z:
             dz = new(*batch, n_nodes, dtype=z.dtype, device=z.device)
-            if launch:
-                _kernel("grad_nodes", z.device)[rows, triton.cdiv(n_nodes, block_l)](
+            if nonempty:
+                launch(_KERNELS, "grad_nodes", z.device, (rows, triton.cdiv(n_nodes, block_l)),
                     vr, zr, wr, gr, torch.view_as_real(dz), *common, BLOCK_L=block_l, BLOCK_N=block_n)
         return (dv.sum_to_size(v.shape) if need_v else None, dz.sum_to_size(z.shape) if need_z else None,
                 dw.sum_to_size(w.shape) if need_w else None, None, None)

@@ -34,7 +34,7 @@ from torch.autograd.function import once_differentiable
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
-from ssmbench.kernels import KERNEL_DTYPES
+from ssmbench.kernels import KERNEL_DTYPES, launch
 
 # Value columns per program, the most: compiled, S (Dk, 32) and the (C, 32) tiles stay in registers at Dk = 128,
 # C = 64 (B=8, H=16, Dv=128: 512 programs); interpreted, one block (fewer programs, each numpy-vectorized).
@@ -42,7 +42,10 @@ VALUE_BLOCK = {"cuda": 32, "cpu": 128}
 MIN_BLOCK = {"cuda": 16, "cpu": 1}  # tl.dot's smallest compiled operand side; the interpreter takes any
 # Compiled: two stages of software pipelining over the chunk loop (prefetching the next chunk's K, W, U); Triton's
 # default of three needs 160 KiB (forward) and 200 KiB (backward) of shared memory at Dk = 128, C = 64, float32,
-# more than GPUs below the H100 class have; two need 88 and 112 KiB (triton 3.9, compiled for sm_90).
+# more than GPUs below the H100 class have; two need 88 and 112 KiB (triton 3.9, compiled for sm_90; triton 3.6:
+# 88 / 120 KiB, bf16 100 / 136 KiB), still more than GPUs of ~100 KiB per block (RTX 30/40, A10, L4, L40) give.
+# The cubin also shows 3-16 KiB of stack per thread (spills) with the full Dk = 128 in one tile and fp32 "ieee" dots
+# (benchmarks/kernel_resources.py): tuning (Dk in blocks of 64, tf32x3 dots) waits for a GPU to time it on.
 LAUNCH = {"cuda": dict(num_warps=4, num_stages=2), "cpu": {}}
 DTYPES = KERNEL_DTYPES["delta_rule_state"]
 
@@ -196,7 +199,7 @@ class _TritonStatePass(torch.autograd.Function):
         corrected = K.new_empty(batch, heads, n_chunks, chunk, dim_v)
         S_final = K.new_empty(batch, heads, dim_k, dim_v)
         d_strides = decay.stride() if decay is not None else (0, 0, 0)
-        _KERNELS["forward", kind == "cpu"][batch * heads, triton.cdiv(dim_v, block_v)](
+        launch(_KERNELS, "forward", K.device, (batch * heads, triton.cdiv(dim_v, block_v)),
             K, W, U, decay if decay is not None else K, S0, starts, corrected, S_final,
             n_chunks, chunk, dim_k, dim_v, *K.stride(), *W.stride(), *U.stride(), *d_strides, *S0.stride(),
             HEADS=heads, HAS_DECAY=decay is not None, **blocks, **LAUNCH[kind])
@@ -218,7 +221,7 @@ class _TritonStatePass(torch.autograd.Function):
         dS0 = K.new_empty(batch, heads, dim_k, dim_v)
         d_strides = decay.stride() if decay is not None else (0, 0, 0)
         kind = _device_kind(K)
-        _KERNELS["backward", kind == "cpu"][batch * heads, n_blocks](
+        launch(_KERNELS, "backward", K.device, (batch * heads, n_blocks),
             K, W, decay if decay is not None else K, starts, corrected, d_starts, d_corrected, d_final,
             partial_k, partial_w, dU, partial_d, dS0, n_chunks, chunk, dim_k, dim_v,
             *K.stride(), *W.stride(), *d_strides, *d_starts.stride(), *d_corrected.stride(), *d_final.stride(),

@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
-from ssmbench.kernels import KERNEL_DTYPES
+from ssmbench.kernels import KERNEL_DTYPES, launch
 
 # (steps per tile, channels per program). The interpreter (CPU) spends Python time on every element of a
 # tile, masked or not, in tl.associative_scan and tl.reduce: small tiles there.
@@ -202,9 +202,6 @@ _KERNELS = {
 }
 
 
-def _kernel(name: str, device: torch.device):
-    return _KERNELS[name, device.type == "cpu"]
-
 
 def _real(x: torch.Tensor) -> torch.Tensor:
     """x itself if real; a complex x as its view_as_real (float parts, imaginary at offset 1)."""
@@ -225,7 +222,7 @@ class _TritonLinearScan(torch.autograd.Function):
         a_full = a.expand(batch, length, width)  # stride 0 where a is broadcast
         h = torch.empty((batch, length, width), dtype=b.dtype, device=b.device)
         if h.numel():
-            _kernel("forward", b.device)[batch, triton.cdiv(width, block_d)](
+            launch(_KERNELS, "forward", b.device, (batch, triton.cdiv(width, block_d)),
                 _real(a_full), _real(b), _real(h0 if h0 is not None else h), _real(h), length, width,
                 *_strides(a_full, 3), *_strides(b, 3), *(_strides(h0, 2) if h0 is not None else (0, 0)),
                 *_strides(h, 3), HAS_H0=h0 is not None, REVERSE=reverse, COMPLEX=b.is_complex(),
@@ -248,7 +245,7 @@ class _TritonLinearScan(torch.autograd.Function):
         db = torch.empty_like(h)
         dh0 = None if h0 is None else torch.zeros((batch, width), dtype=h.dtype, device=h.device)
         if h.numel():
-            _kernel("backward", h.device)[batch, triton.cdiv(width, block_d)](
+            launch(_KERNELS, "backward", h.device, (batch, triton.cdiv(width, block_d)),
                 _real(a_full), _real(h), _real(h0 if h0 is not None else h), _real(dh), _real(da), _real(db),
                 _real(dh0 if dh0 is not None else h), length, width,
                 *_strides(a_full, 3), *_strides(h, 3), *(_strides(h0, 2) if h0 is not None else (0, 0)),

@@ -42,7 +42,7 @@ from torch.autograd.function import once_differentiable
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
-from ssmbench.kernels import KERNEL_DTYPES
+from ssmbench.kernels import KERNEL_DTYPES, launch
 
 # (steps per tile, channels per program); all N states of a channel are in the program (N padded to a power of
 # two). The interpreter spends Python time on every element of a tile: small tiles there. The CUDA tile is not
@@ -251,9 +251,6 @@ _KERNELS = {
 
 
 
-def _kernel(name: str, device: torch.device):
-    return _KERNELS[name, device.type == "cpu"]
-
 
 def _power_of_two(n: int) -> bool:
     return n >= 1 and n & (n - 1) == 0
@@ -274,7 +271,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
         h_last = torch.empty(batch, width, n_state, **f32)
         zs = z if z is not None else u  # a valid pointer where a tensor is absent (its flag is off)
         h0s = h0 if h0 is not None else h_last
-        _kernel("forward", u.device)[batch, blocks](
+        launch(_KERNELS, "forward", u.device, (batch, blocks),
             u, delta, A, B, C, D if D is not None else u, zs, h0s, y, starts, h_last, length, width, n_state,
             *u.stride(), *delta.stride(), *zs.stride(), *y.stride(), *B.stride(), *C.stride(), *A.stride(),
             *h0s.stride(), HAS_D=D is not None, HAS_Z=z is not None, HAS_H0=h0 is not None,
@@ -304,7 +301,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
         scratch = torch.empty(batch * blocks * block_t * block_d * block_n, **f32)
         zs = z if z is not None else u
         dh_last = dh_last.contiguous() if dh_last is not None else dh0  # the kernel reads (Bt, Dm, N) contiguous
-        _kernel("backward", u.device)[batch, blocks](
+        launch(_KERNELS, "backward", u.device, (batch, blocks),
             u, delta, A, B, C, D if D is not None else u, zs, dy, starts,
             dh_last, scratch, du, ddelta, dA, dB, dC, dD, dz, dh0,
             length, width, n_state,
