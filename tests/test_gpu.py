@@ -27,14 +27,19 @@ def no_tf32():
 
 
 @pytest.mark.parametrize("model", config_groups()["model"])
-def test_model_on_cuda_matches_cpu_and_runs_in_bf16(model, tmp_path, no_tf32):
+def test_model_on_cuda_matches_cpu_and_runs_in_bf16(model, tmp_path, no_tf32, monkeypatch):
+    """The CPU reference is the torch path (SSMBENCH_KERNELS=torch: without TRITON_INTERPRET the kernels refuse CPU
+    tensors); the GPU forward runs under the caller's SSMBENCH_KERNELS, so `SSMBENCH_KERNELS=triton pytest
+    tests/test_gpu.py` checks every model's kernels on the GPU against the CPU torch path."""
     torch.manual_seed(0)
     with composed(f"model={model}", *SMALL, output_dir=tmp_path) as cfg:
         dm = build_task(cfg)
         net = build_model(cfg, dm).eval()
     x = next(iter(dm.train_dataloader()))[0]
     with torch.no_grad():
-        cpu = net(x)
+        with monkeypatch.context() as patch:
+            patch.setenv("SSMBENCH_KERNELS", "torch")
+            cpu = net(x)
         gpu_net = copy.deepcopy(net).cuda()
         gpu = gpu_net(x.cuda())
         torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-3)

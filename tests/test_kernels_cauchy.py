@@ -230,3 +230,32 @@ def test_cuda_s4_size_matches_the_torch_path(monkeypatch):
     assert (K - K_ref).abs().max() <= 1e-4 * K_ref.abs().max()
     for name, x, ref in zip(("Lambda", "P", "B", "C", "dt"), grads, grads_ref):
         assert (x - ref).abs().max() <= 1e-4 * ref.abs().max(), name
+
+
+def excess_over_torch_path(v, z, w, G, tol):
+    """max over y, dv, dz, dw of |kernel - torch path| / (tol * bound), both complex64 (the torch path:
+    core.cauchy.cauchy_chunked), bound the sum of the absolute terms (`bounds`); by name."""
+    y, grads = value_and_grads(fused.cauchy, v, z, w, G, C64)
+    y_ref, grads_ref = value_and_grads(cauchy_chunked, v, z, w, G, C64)
+    y_bound, grad_bounds = bounds(v, z, w, G)
+    excess = {}
+    for name, x, ref, bound in zip(("y", "dv", "dz", "dw"), (y, *grads), (y_ref, *grads_ref), (y_bound, *grad_bounds)):
+        assert x.shape == ref.shape, name
+        excess[name] = ((x - ref).abs() / (tol * bound)).max().item()
+    return excess
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("batch_v, batch_z, batch_w, N", [
+    ((2, 64), (2, 1), (1, 64), 32),  # every input broadcast somewhere; S4's N/2 = 32 poles, one tile
+    ((4, 3), (), (4, 1), 33),  # S4's layout (z shared by every row); two tiles of poles, the second 31/32 masked
+])
+def test_cuda_node_gradient_and_broadcast_dims_match_the_torch_path(batch_v, batch_z, batch_w, N):
+    """The compiled kernels with z needing a gradient (_grad_nodes, besides _forward and _grad_poles) and broadcast
+    leading dims (row offset tables; every gradient summed to its input's shape) at L=1000 nodes (31 full tiles of
+    32 and a partial one): y, dv, dz, dw against the torch path in complex64, elementwise within 1e-5 of their
+    bounds (a few float32 roundings of the two sums: TOL = 1e-6 bounds one)."""
+    v, z, w, G = (x.cuda() for x in sample(batch_v, batch_z, batch_w, N, 1000, seed=N))
+    excess = excess_over_torch_path(v, z, w, G, 1e-5)
+    assert max(excess.values()) <= 1, excess

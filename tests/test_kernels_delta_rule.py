@@ -226,6 +226,21 @@ def test_triton_mode_errors_where_it_cannot_be_obeyed(monkeypatch):
         delta_rule_chunkwise(q, k, v, beta, chunk_size=4)
 
 
+def test_empty_batch_takes_the_torch_path(monkeypatch, kernel_calls):
+    """A batch with a zero size never reaches the kernel (which takes no empty sizes): under the interpreter with
+    SSMBENCH_KERNELS=auto, delta_rule_chunkwise on a (0, 1, 8, 4) batch returns the torch path's (empty) outputs."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    q = torch.randn(0, 1, 8, 4)
+    beta = torch.rand(0, 1, 8)
+    monkeypatch.setenv("SSMBENCH_KERNELS", "torch")
+    o_ref, S_ref = delta_rule_chunkwise(q, q, q, beta, chunk_size=4)
+    monkeypatch.setenv("SSMBENCH_KERNELS", "auto")
+    o, S = delta_rule_chunkwise(q, q, q, beta, chunk_size=4)
+    assert kernel_calls == []
+    assert (o.shape, o.dtype, S.shape, S.dtype) == (o_ref.shape, o_ref.dtype, S_ref.shape, S_ref.dtype)
+    assert o.shape == (0, 1, 8, 4) and S.shape == (0, 1, 4, 4)
+
+
 def test_core_does_not_import_triton():
     """Importing and using core.delta_rule on the CPU leaves triton unimported (a fresh process; auto mode)."""
     code = ("import sys, torch; from ssmbench.core.delta_rule import delta_rule_chunkwise as f; "
@@ -284,4 +299,29 @@ def test_cuda_gated_rule_end_to_end_with_the_kernel(monkeypatch, kernel_calls):
     monkeypatch.setenv("SSMBENCH_KERNELS", "torch")
     ref = rule_and_grads(rule, inputs, torch.float32)
     for name, x, r in zip(RULE_NAMES, got, ref):
+        assert rel_err(x, r) < 1e-4, (name, rel_err(x, r))
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("with_state", [False, True])
+def test_cuda_ungated_rule_end_to_end_with_the_kernel(monkeypatch, kernel_calls, with_state):
+    """delta_rule_chunkwise (plain DeltaNet: the kernel without decay, HAS_DECAY=False), without and with an initial
+    state, in float32 with SSMBENCH_KERNELS=triton against the torch path: B=2, H=4, L=1000 (16 chunks of 64, the
+    last padded), Dk=Dv=128; o, the final state and the gradients of q, k, v, beta (and S0)."""
+    inputs = rule_inputs(2, 4, 1000, 128, 128, with_state, device="cuda")
+
+    def rule(q, k, v, b, g, S0):
+        return delta_rule_chunkwise(q, k, v, b, initial_state=S0)
+
+    monkeypatch.setenv("SSMBENCH_KERNELS", "triton")
+    got = rule_and_grads(rule, inputs, torch.float32)
+    assert kernel_calls == [torch.float32]
+    monkeypatch.setenv("SSMBENCH_KERNELS", "torch")
+    ref = rule_and_grads(rule, inputs, torch.float32)
+    assert len(got) == len(ref) == (8 if with_state else 7)
+    for name, x, r in zip(RULE_NAMES, got, ref):
+        if name == "dg":
+            assert x is None and r is None  # delta_rule_chunkwise takes no g
+            continue
         assert rel_err(x, r) < 1e-4, (name, rel_err(x, r))

@@ -30,19 +30,19 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x.to(ref.dtype) - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
-def make_inputs(length: int, a_shape: str, with_h0: bool, dtype: torch.dtype, seed: int):
-    """a of a kind (time-varying (B, L, D), constant (1, 1, D), shared by the batch (1, L, D)), |a| in [0.5, 1]
-    with a random sign or phase; b, h0 and the loss weight w ~ N(0, 1); all in `dtype`."""
+def make_inputs(length: int, a_shape: str, with_h0: bool, dtype: torch.dtype, seed: int, width: int = D):
+    """a of a kind (time-varying (B, L, width), constant (1, 1, width), shared by the batch (1, L, width)), |a| in
+    [0.5, 1] with a random sign or phase; b, h0 and the loss weight w ~ N(0, 1); all in `dtype`, on the CPU."""
     g = torch.Generator().manual_seed(seed)
-    shape = {"varying": (B, length, D), "constant": (1, 1, D), "shared": (1, length, D)}[a_shape]
+    shape = {"varying": (B, length, width), "constant": (1, 1, width), "shared": (1, length, width)}[a_shape]
     mag = 0.5 + 0.5 * torch.rand(shape, generator=g, dtype=torch.float64)
     if dtype.is_complex:
         a = torch.polar(mag, 2 * torch.pi * torch.rand(shape, generator=g, dtype=torch.float64))
     else:
         a = mag * (torch.randint(0, 2, shape, generator=g) * 2 - 1)
     wide = WIDE[dtype]
-    b, w = (torch.randn(B, length, D, generator=g, dtype=wide) for _ in range(2))
-    h0 = torch.randn(B, D, generator=g, dtype=wide) if with_h0 else None
+    b, w = (torch.randn(B, length, width, generator=g, dtype=wide) for _ in range(2))
+    h0 = torch.randn(B, width, generator=g, dtype=wide) if with_h0 else None
     return [x.to(dtype) if x is not None else None for x in (a, b, h0, w)]
 
 
@@ -258,3 +258,39 @@ def test_cuda_bfloat16_against_float32_torch_path(monkeypatch):
     assert h.dtype == torch.bfloat16 and rel_err(h, h_ref) < 2e-2
     for x, ref in zip(grads, grads_ref):
         assert rel_err(x, ref) < 2e-2
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, a_shape, with_h0, reverse", [
+    (torch.complex64, "constant", False, False),  # LRU and S5: a (D,) complex lambda, no h0
+    (torch.complex64, "constant", False, True),  # S5's bidirectional (reverse) scan
+    (torch.complex64, "varying", True, False),
+    (torch.complex64, "shared", True, True),
+    (torch.float32, "constant", True, False),
+    (torch.float32, "shared", False, True),
+    (torch.float16, "varying", True, True),
+    (torch.float16, "shared", False, False),
+])
+def test_cuda_compiled_variants_through_core_match_torch_path(monkeypatch, kernel_calls, dtype, a_shape, with_h0,
+                                                              reverse):
+    """Each compiled variant the models use (complex64, the in-kernel sum over time of da for a constant (D,) a,
+    a batch-shared (1, L, D) a, with and without h0, reverse, fp16) at B=2, L=1000 (15 full tiles of 64 steps and a
+    partial one), D=256: core.scan.linear_scan with SSMBENCH_KERNELS=triton against its torch path on the same
+    inputs, in float32 / complex64 (fp16: against the float32 torch path), h and the gradients of a, b, h0 in their
+    shapes. Measured through the interpreter with the CUDA tiles (D=32): at most 4.7e-6 (complex64 da), and
+    5.4e-4 for fp16 (its output rounding, 2^-11)."""
+    a, b, h0, w = (None if x is None else x.cuda() for x in make_inputs(1000, a_shape, with_h0, dtype, 0, width=256))
+    if a_shape == "constant":
+        a = a.reshape(-1)
+    ref_dtype = torch.float32 if dtype == torch.float16 else dtype
+    tol = 4e-3 if dtype == torch.float16 else 1e-4
+    monkeypatch.setenv("SSMBENCH_KERNELS", "triton")
+    h, grads = value_and_grads(linear_scan, a, b, h0, w, reverse)
+    assert kernel_calls == [dtype]
+    monkeypatch.setenv("SSMBENCH_KERNELS", "torch")
+    h_ref, grads_ref = value_and_grads(linear_scan, a, b, h0, w, reverse, ref_dtype)
+    assert h.dtype == dtype and rel_err(h, h_ref) < tol
+    for name, x, ref in zip(("a", "b", "h0"), grads, grads_ref):
+        assert x.shape == ref.shape and x.dtype == dtype, name
+        assert rel_err(x, ref) < tol, (name, rel_err(x, ref))

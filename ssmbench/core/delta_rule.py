@@ -171,9 +171,10 @@ def _state_pass(K: torch.Tensor, W: torch.Tensor, U: torch.Tensor, decay: torch.
     d_n the decay over chunk n (None: 1). K, W (B, H, N, C, Dk), U (B, H, N, C, Dv), decay (B, H, N), S0
     (B, H, Dk, Dv) -> starts (B, H, N, Dk, Dv), corrected U' (B, H, N, C, Dv), S_N (B, H, Dk, Dv).
     A loop of batched matmuls (gradients by autograd), or, where ssmbench.kernels.use_kernel says so, the fused
-    Triton kernel ssmbench.kernels.delta_rule_state (one launch for the pass, forward and backward).
+    Triton kernel ssmbench.kernels.delta_rule_state (one launch for the pass, forward and backward); an empty
+    batch (any size zero) always takes the loop, which the kernel does not take.
     """
-    if kernels.use_kernel("delta_rule_state", (K, W, U, decay, S0)):
+    if K.numel() and U.numel() and kernels.use_kernel("delta_rule_state", (K, W, U, decay, S0)):
         from ssmbench.kernels.delta_rule_state import delta_rule_state
 
         return delta_rule_state(K, W, U, decay, S0)
