@@ -81,6 +81,30 @@ def fit_and_test(cfg, dm) -> dict:
     return result
 
 
+def spy_on(monkeypatch, owner, name: str, record) -> list:
+    """Replace owner.<name> (for the test) by a wrapper that appends record(*args) to the returned list, then calls
+    the original: which calls core made to a kernel, and with what."""
+    calls = []
+    real = getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        calls.append(record(*args))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
+def outputs_and_grads(monkeypatch, mixer, x, kernels: str):
+    """mixer(x) under SSMBENCH_KERNELS=kernels and the gradients of its parameters for the loss sum(y^2):
+    (y, {name: grad}) (parameters the loss does not reach are left out)."""
+    monkeypatch.setenv("SSMBENCH_KERNELS", kernels)
+    mixer.zero_grad()
+    y = mixer(x)
+    y.square().sum().backward()
+    return y.detach(), {n: p.grad.clone() for n, p in mixer.named_parameters() if p.grad is not None}
+
+
 def triton_interpreter_problem() -> str | None:
     """Why Triton's interpreter, as installed, cannot run ssmbench's kernels on CPU tensors (None where it can, or
     where triton is missing: those tests skip on their own). The kernels loop over tiles up to a runtime length,

@@ -17,6 +17,7 @@ from ssmbench.core.cauchy import cauchy, cauchy_chunked, cauchy_reference  # noq
 from ssmbench.core.hippo import dplr  # noqa: E402
 from ssmbench.core.ssm_kernel import kernel_dplr  # noqa: E402
 from ssmbench.kernels import cauchy as fused  # noqa: E402
+from tests.helpers import outputs_and_grads, spy_on  # noqa: E402
 
 C64, C128 = torch.complex64, torch.complex128
 TOL = 1e-6  # about 16 float32 ulps of the sum of the absolute terms
@@ -136,9 +137,7 @@ def test_core_dispatches_to_the_kernel_only_where_asked(monkeypatch):
     """core.cauchy.cauchy takes the kernel with SSMBENCH_KERNELS=triton under the interpreter (and gets the
     reference's numbers), refuses complex128 there in one line, and on a plain CPU run under auto takes the
     torch path, bit for bit the chunked backend's result."""
-    calls = []
-    kernel = fused.cauchy
-    monkeypatch.setattr(fused, "cauchy", lambda *args: calls.append(1) or kernel(*args))
+    calls = spy_on(monkeypatch, fused, "cauchy", lambda *args: 1)
     v, z, w, _ = sample((2,), (), (2,), 3, 5, seed=5)
     v64, z64, w64 = (x.to(C64) for x in (v, z, w))
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -203,16 +202,9 @@ def test_s4_mixer_trains_the_same_through_the_kernel(monkeypatch):
     mixer = S4Mixer(4, d_state=4, mode="dplr", init="legs", l_max=7)
     x = torch.randn(1, 7, 4)
 
-    def outputs_and_grads(kernels: str):
-        monkeypatch.setenv("SSMBENCH_KERNELS", kernels)
-        mixer.zero_grad()
-        y = mixer(x)
-        y.square().sum().backward()
-        return y.detach(), {n: p.grad.clone() for n, p in mixer.named_parameters() if p.grad is not None}
-
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    y_kernel, g_kernel = outputs_and_grads("triton")
-    y_torch, g_torch = outputs_and_grads("torch")
+    y_kernel, g_kernel = outputs_and_grads(monkeypatch, mixer, x, "triton")
+    y_torch, g_torch = outputs_and_grads(monkeypatch, mixer, x, "torch")
     assert g_kernel.keys() == g_torch.keys() and {"B_ri", "P_ri", "C_ri"} <= g_torch.keys()
     assert (y_kernel - y_torch).abs().max() <= 1e-5 * y_torch.abs().max()
     for name, grad in g_torch.items():

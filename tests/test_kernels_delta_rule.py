@@ -22,7 +22,7 @@ from ssmbench.core import delta_rule  # noqa: E402
 from ssmbench.core.delta_rule import (delta_rule_chunkwise, gated_delta_rule_chunkwise,  # noqa: E402
                                       gated_delta_rule_recurrent)
 from ssmbench.kernels import delta_rule_state as fused  # noqa: E402
-from tests.helpers import REPO_ROOT  # noqa: E402
+from tests.helpers import REPO_ROOT, spy_on  # noqa: E402
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -153,15 +153,7 @@ def test_bad_arguments_raise_one_line_errors():
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """Counts the calls core makes to the kernel (the dtype of K each time)."""
-    calls = []
-    real = fused.delta_rule_state
-
-    def spy(*args, **kwargs):
-        calls.append(args[0].dtype)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fused, "delta_rule_state", spy)
-    return calls
+    return spy_on(monkeypatch, fused, "delta_rule_state", lambda K, *rest: K.dtype)
 
 
 RULE_NAMES = ["o", "final state", "dq", "dk", "dv", "dbeta", "dg", "dS0"]

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.interpreter  # (the CUDA tests are marked gpu and run c
 from ssmbench import kernels  # noqa: E402
 from ssmbench.core.scan import linear_scan, linear_scan_reference  # noqa: E402
 from ssmbench.kernels import linear_scan as fused  # noqa: E402
-from tests.helpers import REPO_ROOT  # noqa: E402
+from tests.helpers import REPO_ROOT, spy_on  # noqa: E402
 
 B, D = 2, 3
 WIDE = {torch.float32: torch.float64, torch.bfloat16: torch.float64, torch.float16: torch.float64,
@@ -119,16 +119,8 @@ def test_bad_arguments_raise_one_line_errors():
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """Counts the calls core.scan.linear_scan makes to the kernel."""
-    calls = []
-    real = fused.linear_scan
-
-    def spy(*args, **kwargs):
-        calls.append(args[1].dtype)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fused, "linear_scan", spy)
-    return calls
+    """Counts the calls core.scan.linear_scan makes to the kernel (the dtype of b each time)."""
+    return spy_on(monkeypatch, fused, "linear_scan", lambda a, b, *rest: b.dtype)
 
 
 def scan_inputs(dtype=torch.float32):

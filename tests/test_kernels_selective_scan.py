@@ -12,6 +12,7 @@ pytestmark = pytest.mark.interpreter  # (the CUDA tests are marked gpu and run c
 from ssmbench import kernels  # noqa: E402
 from ssmbench.core.selective_scan import selective_scan, selective_scan_reference  # noqa: E402
 from ssmbench.kernels import selective_scan as fused  # noqa: E402
+from tests.helpers import outputs_and_grads, spy_on  # noqa: E402
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "h0")
 
@@ -117,9 +118,7 @@ def test_bfloat16_inputs():
 def test_core_dispatches_to_the_kernel_only_where_asked(monkeypatch):
     """core.selective_scan takes the kernel with SSMBENCH_KERNELS=triton under the interpreter (and gets the
     loop's numbers), the torch path for a plain CPU run under auto, and refuses float64 for triton in one line."""
-    calls = []
-    kernel = fused.selective_scan
-    monkeypatch.setattr(fused, "selective_scan", lambda *args: calls.append(1) or kernel(*args))
+    calls = spy_on(monkeypatch, fused, "selective_scan", lambda *args: 1)
     inputs, _, _ = make_inputs(1, 5, 3, 2, seed=5)
     f32 = [x.float() for x in inputs]
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -144,16 +143,9 @@ def test_mamba_mixer_trains_the_same_through_the_kernel(monkeypatch):
     mixer = MambaMixer(d_model=4, d_state=2, expand=1)
     x = torch.randn(1, 6, 4)
 
-    def outputs_and_grads(kernels: str):
-        monkeypatch.setenv("SSMBENCH_KERNELS", kernels)
-        mixer.zero_grad()
-        y = mixer(x)
-        y.square().sum().backward()
-        return y.detach(), {n: p.grad.clone() for n, p in mixer.named_parameters()}
-
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    y_kernel, g_kernel = outputs_and_grads("triton")
-    y_torch, g_torch = outputs_and_grads("torch")
+    y_kernel, g_kernel = outputs_and_grads(monkeypatch, mixer, x, "triton")
+    y_torch, g_torch = outputs_and_grads(monkeypatch, mixer, x, "torch")
     assert (y_kernel - y_torch).abs().max() <= 1e-5 * y_torch.abs().max()
     for name, grad in g_torch.items():
         assert (g_kernel[name] - grad).abs().max() <= 1e-4 * grad.abs().max() + 1e-7, name

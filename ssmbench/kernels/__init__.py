@@ -8,6 +8,7 @@
     use_kernel(name, tensors)    the dispatch rule below: True if core should call the kernel `name`
     used()                       the kernels use_kernel has sent work to in this process (results.json records it)
     launch(built, name, device, grid, *args, **kwargs)   how every kernel module launches its kernels
+    tile(kernel, blocks, device, **given)                the tile sizes it launches with (checked)
 
 Every kernel is once differentiable: its backward is a kernel, not itself differentiated (a second derivative,
 create_graph=True through it, raises; SSMBENCH_KERNELS=torch where one is needed: the torch paths of the delta rule
@@ -89,6 +90,18 @@ def launch(built: dict, name: str, device: torch.device, grid: tuple, *args, **k
         return
     with torch.cuda.device(device):
         built[name, False][grid](*args, **kwargs)
+
+
+def tile(kernel: str, blocks: dict[str, tuple[int, ...]], device: torch.device, **given: int | None) -> tuple[int, ...]:
+    """The tile a kernel module launches with on tensors of `device`: each size given, else the module's default for
+    the device (blocks["cuda"] or blocks["cpu"], in the order of `given`); a one-line ValueError unless every size is
+    a power of two."""
+    defaults = blocks["cpu" if device.type == "cpu" else "cuda"]
+    sizes = tuple(size or default for size, default in zip(given.values(), defaults))
+    if not all(n >= 1 and n & (n - 1) == 0 for n in sizes):
+        raise ValueError(f"triton {kernel}: {' and '.join(given)} must be powers of two, "
+                         f"got {' and '.join(map(str, sizes))}")
+    return sizes
 
 
 def used() -> list[str]:

@@ -43,7 +43,7 @@ from torch.autograd.function import once_differentiable
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
-from ssmbench.kernels import KERNEL_DTYPES, launch
+from ssmbench.kernels import KERNEL_DTYPES, launch, tile
 
 # (nodes per tile, poles per tile). S4 calls it with N/2 = 32 poles (N = 64) and L + 2 nodes: one tile of poles
 # per row. The CUDA tile is a first choice, not yet timed on a GPU (issue 17): compiled for sm_90 with 4 warps it
@@ -256,10 +256,6 @@ class _TritonCauchy(torch.autograd.Function):
                 dw.sum_to_size(w.shape) if need_w else None, None, None)
 
 
-def _power_of_two(n: int) -> bool:
-    return n >= 1 and n & (n - 1) == 0
-
-
 def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, block_l: int | None = None,
            block_n: int | None = None) -> torch.Tensor:
     """y_j = sum_i v_i / (z_j - w_i) by the fused kernels (module docstring): v (..., N), z (..., L), w (..., N),
@@ -273,8 +269,5 @@ def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, block_l: int | Non
     if wrong:
         raise ValueError(f"triton cauchy: takes complex64 tensors, got {', '.join(wrong)}; "
                          f"use ssmbench.core.cauchy.cauchy for other dtypes")
-    default_l, default_n = BLOCKS["cpu" if v.device.type == "cpu" else "cuda"]
-    block_l, block_n = block_l or default_l, block_n or default_n
-    if not (_power_of_two(block_l) and _power_of_two(block_n)):
-        raise ValueError(f"triton cauchy: block_l and block_n must be powers of two, got {block_l} and {block_n}")
+    block_l, block_n = tile("cauchy", BLOCKS, v.device, block_l=block_l, block_n=block_n)
     return _TritonCauchy.apply(v, z, w, block_l, block_n)

@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
-from ssmbench.kernels import KERNEL_DTYPES, launch
+from ssmbench.kernels import KERNEL_DTYPES, launch, tile
 
 # (steps per tile, channels per program). The interpreter (CPU) spends Python time on every element of a
 # tile, masked or not, in tl.associative_scan and tl.reduce: small tiles there.
@@ -255,10 +255,6 @@ class _TritonLinearScan(torch.autograd.Function):
         return da.sum_to_size(a.shape).to(h.dtype), db, dh0, None, None, None
 
 
-def _power_of_two(n: int) -> bool:
-    return n >= 1 and n & (n - 1) == 0
-
-
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, reverse: bool = False,
                 block_t: int | None = None, block_d: int | None = None) -> torch.Tensor:
     """h_t = a_t * h_{t-1} + b_t (reverse: h_t = a_t * h_{t+1} + b_t) by the fused kernels (module docstring).
@@ -277,8 +273,5 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
     if len(dtypes) != 1 or b.dtype not in DTYPES:
         raise ValueError(f"triton linear_scan: a, b and h0 must share one dtype of "
                          f"{', '.join(str(d).removeprefix('torch.') for d in DTYPES)}, got {sorted(map(str, dtypes))}")
-    default_t, default_d = BLOCKS["cpu" if b.device.type == "cpu" else "cuda"]
-    block_t, block_d = block_t or default_t, block_d or default_d
-    if not (_power_of_two(block_t) and _power_of_two(block_d)):
-        raise ValueError(f"triton linear_scan: block_t and block_d must be powers of two, got {block_t} and {block_d}")
+    block_t, block_d = tile("linear_scan", BLOCKS, b.device, block_t=block_t, block_d=block_d)
     return _TritonLinearScan.apply(a, b, h0, reverse, block_t, block_d)

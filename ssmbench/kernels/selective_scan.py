@@ -42,7 +42,7 @@ from torch.autograd.function import once_differentiable
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
-from ssmbench.kernels import KERNEL_DTYPES, launch
+from ssmbench.kernels import KERNEL_DTYPES, launch, tile
 
 # (steps per tile, channels per program); all N states of a channel are in the program (N padded to a power of
 # two). The interpreter spends Python time on every element of a tile: small tiles there. The CUDA tile is not
@@ -252,10 +252,6 @@ _KERNELS = {
 
 
 
-def _power_of_two(n: int) -> bool:
-    return n >= 1 and n & (n - 1) == 0
-
-
 class _TritonSelectiveScan(torch.autograd.Function):
     """(y, h_last) by _forward, the gradients by _backward; shapes as selective_scan's."""
 
@@ -330,10 +326,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                    {str(d) for d in DTYPES})
     if wrong:
         raise ValueError(f"triton selective_scan: takes {', '.join(str(d) for d in DTYPES)} tensors, got {wrong}")
-    default_t, default_d = BLOCKS["cpu" if u.device.type == "cpu" else "cuda"]
-    block_t, block_d = block_t or default_t, block_d or default_d
-    if not (_power_of_two(block_t) and _power_of_two(block_d)):
-        raise ValueError(f"triton selective_scan: block_t and block_d must be powers of two, got {block_t} and {block_d}")
+    block_t, block_d = tile("selective_scan", BLOCKS, u.device, block_t=block_t, block_d=block_d)
     if u.numel() == 0 or A.shape[1] == 0:
         raise ValueError(f"triton selective_scan: give Bt, Dm and N >= 1, got u {tuple(u.shape)} and A {tuple(A.shape)}")
     D = D.contiguous() if D is not None else None  # the kernels read D with stride 1
