@@ -42,7 +42,7 @@ MODES = ("auto", "torch", "triton")
 KERNEL_DTYPES = {
     "linear_scan": (torch.float32, torch.bfloat16, torch.float16, torch.complex64),  # float32 arithmetic
     "selective_scan": (torch.float32, torch.bfloat16, torch.float16),  # float32 arithmetic
-    "delta_rule_state": (torch.float32, torch.bfloat16, torch.float16),  # float32 arithmetic
+    "delta_rule_state": (torch.float32, torch.bfloat16, torch.float16),  # float32 sums (16-bit products for 16-bit)
     "cauchy": (torch.complex64,),  # float32 arithmetic on the real and imaginary parts
 }
 # Kernels whose real-size CUDA tests (tests/test_kernels_*.py, skipped without a GPU) have passed on a GPU. `auto`

@@ -5,24 +5,33 @@
 
 Shapes: K, W (B, H, N, C, Dk), U (B, H, N, C, Dv), decay (B, H, N) or None (no decay: d_n = 1), S0 (B, H, Dk, Dv)
 -> starts (B, H, N, Dk, Dv), corrected (B, H, N, C, Dv), S_final (B, H, Dk, Dv), all in the inputs' one dtype
-(float32, bfloat16 or float16); arithmetic in float32, tl.dot with input_precision="ieee" (no TF32), so that
-float32 inputs give float32-accurate results. The pass, n = 0 .. N-1, S_0 = S0:
+(float32, bfloat16 or float16). The pass, n = 0 .. N-1, S_0 = S0:
     starts_n = S_n,    U'_n = U_n - W_n S_n,    S_{n+1} = d_n S_n + K_n^T U'_n,    S_final = S_N.
 Backward, n = N-1 .. 0, with G_{n+1} = dL/dS_{n+1} carried (G_N = dS_final) and dU'_n = dcorrected_n + K_n G_{n+1}:
-    dU_n = dU'_n,    dW_n = -dU'_n S_n^T,    dK_n = U'_n G_{n+1}^T,    dd_n = sum(S_n * G_{n+1}),
-    G_n = d_n G_{n+1} - W_n^T dU'_n + dstarts_n,    dS0 = G_0.
+    dU_n = dU'_n,    G_n = d_n G_{n+1} - W_n^T dU'_n + dstarts_n,    dS0 = G_0,
+and, once the pass has written every G_{n+1}, batched matmuls in torch (no sequential dependence left):
+    dK_n = U'_n G_{n+1}^T,    dW_n = -dU'_n S_n^T,    dd_n = sum(S_n * G_{n+1}).
+
+Precision: the state S (backward: G) is carried in float32 registers and every product accumulates in float32.
+The operands of each product are the inputs' dtype: float32 inputs multiply as "tf32x3" (three TF32 tensor-core
+products; the error of float32 arithmetic, about 1e-7 relative, not TF32's 1e-3); 16-bit inputs multiply their
+own 16-bit K and W with S, U', G or dU' rounded to that dtype for the product, as a bf16 matmul of the torch path
+rounds them (the stored starts and corrected are rounded the same way).
 
 The columns of S are independent (U' = U - W S column by column), so each program owns one (b, h) and a block
-of BV value columns, keeps its S (Dk, BV) (backward: G) in float32 registers and walks the chunks: one launch
-for the whole pass instead of about 4N. dK, dW and dd sum over the value blocks: each block writes its own
-partial, summed afterwards in torch (deterministic; nothing to sum where one block covers Dv). Dk, C and the
-value block are padded to powers of two (compiled: at least 16, as tl.dot needs) with masked loads (zeros)
-and stores; the padding adds zero rows and columns that leave the results unchanged.
+of BV value columns, keeps its S (Dk, BV) (backward: G) in registers and walks the chunks: one launch for the
+whole pass instead of about 4N. The backward kernel writes G_{n+1} for every chunk ((B, H, N, Dk, Dv), as large
+as starts) instead of summing dK and dW over value blocks inside the pass: no partial sums, nothing to add up,
+and the two (C, Dk) products per chunk leave the kernel for cuBLAS. Dk, C and the value block are padded to
+powers of two (compiled: at least 16, as tl.dot needs) with masked loads (zeros) and stores; the padding adds
+zero rows and columns that leave the results unchanged. Tiles are addressed by a scalar pointer per tensor that
+moves from chunk to chunk plus offsets fixed for the whole pass (a moving tile of pointers would hold two
+registers per element across the loop).
 
 CUDA tensors run the compiled kernels; CPU tensors run them in Triton's interpreter (numpy; for tests). Both
 are built here from the same Python functions (as in ssmbench.kernels.linear_scan): the kernels call only
-triton.language builtins (tl.full, tl.dot, tl.trans, tl.reduce with a combine function here; not tl.zeros or
-tl.sum, which triton decorates once, at its import, for one of the two modes).
+triton.language builtins (tl.full, tl.dot, tl.trans; not tl.zeros or tl.sum, which triton decorates once, at
+its import, for one of the two modes).
 """
 
 from __future__ import annotations
@@ -36,22 +45,21 @@ from triton.runtime.jit import JITFunction
 
 from ssmbench.kernels import KERNEL_DTYPES, launch
 
-# Value columns per program, the most: compiled, S (Dk, 32) and the (C, 32) tiles stay in registers at Dk = 128,
-# C = 64 (B=8, H=16, Dv=128: 512 programs); interpreted, one block (fewer programs, each numpy-vectorized).
+# Value columns per program and launch settings, compiled, chosen from what benchmarks/kernel_resources.py reports
+# for sm_90 at Dk = 128, C = 64 (issue 17's shape; timing them needs a GPU). At 32 columns, 8 warps and two pipeline
+# stages (prefetching the next chunk's K, W, U): 16-bit inputs 128 / 145 registers (forward / backward), no spills,
+# 85 / 81 KiB of shared memory; float32 inputs (what core passes: "tf32x3" splits every operand in two) 255
+# registers and about 0.9 KiB of stack per thread, 105 KiB; every other tile tried (16-64 columns, 4 or 8 warps)
+# spills 0.8-1.4 KiB in float32. Before the products ran on tensor cores and the tiles were addressed from fixed
+# offsets, float32 needed 5.5 / 13.7 KiB of stack. Interpreted: one block (fewer programs, each numpy-vectorized).
 VALUE_BLOCK = {"cuda": 32, "cpu": 128}
 MIN_BLOCK = {"cuda": 16, "cpu": 1}  # tl.dot's smallest compiled operand side; the interpreter takes any
-# Compiled: two stages of software pipelining over the chunk loop (prefetching the next chunk's K, W, U); Triton's
-# default of three needs 160 KiB (forward) and 200 KiB (backward) of shared memory at Dk = 128, C = 64, float32,
-# more than GPUs below the H100 class have; two need 88 and 112 KiB (triton 3.9, compiled for sm_90; triton 3.6:
-# 88 / 120 KiB, bf16 100 / 136 KiB), still more than GPUs of ~100 KiB per block (RTX 30/40, A10, L4, L40) give.
-# The cubin also shows 3-16 KiB of stack per thread (spills) with the full Dk = 128 in one tile and fp32 "ieee" dots
-# (benchmarks/kernel_resources.py): tuning (Dk in blocks of 64, tf32x3 dots) waits for a GPU to time it on.
-LAUNCH = {"cuda": dict(num_warps=4, num_stages=2), "cpu": {}}
+LAUNCH = {"cuda": dict(num_warps=8, num_stages=2), "cpu": {}}
+# The dtype tl.dot is given its (already rounded) operands in: the inputs' own compiled; float32 interpreted, where
+# the same products come out exactly (a bf16 or fp16 value is a float32 one, and the sums are float32 either way)
+# and triton's interpreter would multiply bfloat16 operands as their raw 16-bit patterns (numpy has no bfloat16).
+DOTS = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 DTYPES = KERNEL_DTYPES["delta_rule_state"]
-
-
-def _add(x, y):
-    return x + y
 
 
 def _forward(k_ptr, w_ptr, u_ptr, d_ptr, s0_ptr, starts_ptr, corr_ptr, sf_ptr,
@@ -59,119 +67,115 @@ def _forward(k_ptr, w_ptr, u_ptr, d_ptr, s0_ptr, starts_ptr, corr_ptr, sf_ptr,
              sk_b, sk_h, sk_n, sk_c, sk_k, sw_b, sw_h, sw_n, sw_c, sw_k, su_b, su_h, su_n, su_c, su_v,
              sd_b, sd_h, sd_n, s0_b, s0_h, s0_k, s0_v,
              HEADS: tl.constexpr, HAS_DECAY: tl.constexpr,
-             BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
-    """The pass for one (b, h) (program_id 0 = b * HEADS + h) and BLOCK_V value columns (program_id 1).
-    starts, corrected and S_final are contiguous; the inputs' strides are given (elements)."""
-    bh = tl.program_id(0).to(tl.int64)
+             BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DOT: tl.constexpr):
+    """The pass for one (b, h) and BLOCK_V value columns: program (b * HEADS + h) * value blocks + value block, so
+    that the programs reading the same K and W run side by side (and find them in L2). starts, corrected and
+    S_final are contiguous; the inputs' strides are given (elements). Products take operands rounded to the
+    inputs' dtype ROUND and given to tl.dot as DOT (DOTS: ROUND compiled, float32 interpreted)."""
+    ROUND = k_ptr.dtype.element_ty
+    v_blocks = (dim_v + BLOCK_V - 1) // BLOCK_V
+    bh = tl.program_id(0).to(tl.int64) // v_blocks
     b = bh // HEADS
     h = bh % HEADS
     rows = tl.arange(0, BLOCK_C)
     ks = tl.arange(0, BLOCK_K)
-    vs = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    vs = (tl.program_id(0) % v_blocks) * BLOCK_V + tl.arange(0, BLOCK_V)
     row_ok, k_ok, v_ok = rows < chunk, ks < dim_k, vs < dim_v
     ck_ok = row_ok[:, None] & k_ok[None, :]
     cv_ok = row_ok[:, None] & v_ok[None, :]
     kv_ok = k_ok[:, None] & v_ok[None, :]
-    at_k = k_ptr + b * sk_b + h * sk_h + rows[:, None] * sk_c + ks[None, :] * sk_k
-    at_w = w_ptr + b * sw_b + h * sw_h + rows[:, None] * sw_c + ks[None, :] * sw_k
-    at_u = u_ptr + b * su_b + h * su_h + rows[:, None] * su_c + vs[None, :] * su_v
-    at_d = d_ptr + b * sd_b + h * sd_h
+    in_k = rows[:, None] * sk_c + ks[None, :] * sk_k
+    in_w = rows[:, None] * sw_c + ks[None, :] * sw_k
+    in_u = rows[:, None] * su_c + vs[None, :] * su_v
     kv = ks[:, None] * dim_v + vs[None, :]
-    at_start = starts_ptr + bh * n_chunks * dim_k * dim_v + kv
-    at_corr = corr_ptr + bh * n_chunks * chunk * dim_v + rows[:, None] * dim_v + vs[None, :]
+    cv = rows[:, None] * dim_v + vs[None, :]
+    k_at = k_ptr + b * sk_b + h * sk_h
+    w_at = w_ptr + b * sw_b + h * sw_h
+    u_at = u_ptr + b * su_b + h * su_h
+    d_at = d_ptr + b * sd_b + h * sd_h
+    start_at = starts_ptr + bh * n_chunks * dim_k * dim_v
+    corr_at = corr_ptr + bh * n_chunks * chunk * dim_v
     S = tl.load(s0_ptr + b * s0_b + h * s0_h + ks[:, None] * s0_k + vs[None, :] * s0_v,
                 mask=kv_ok, other=0.0).to(tl.float32)
     for _ in range(n_chunks):
-        tl.store(at_start, S.to(starts_ptr.dtype.element_ty), mask=kv_ok)
-        K = tl.load(at_k, mask=ck_ok, other=0.0).to(tl.float32)
-        W = tl.load(at_w, mask=ck_ok, other=0.0).to(tl.float32)
-        U = tl.load(at_u, mask=cv_ok, other=0.0).to(tl.float32)
-        corrected = U - tl.dot(W, S, input_precision="ieee")
-        tl.store(at_corr, corrected.to(corr_ptr.dtype.element_ty), mask=cv_ok)
+        tl.store(start_at + kv, S.to(starts_ptr.dtype.element_ty), mask=kv_ok)
+        K = tl.load(k_at + in_k, mask=ck_ok, other=0.0).to(DOT)
+        W = tl.load(w_at + in_w, mask=ck_ok, other=0.0).to(DOT)
+        U = tl.load(u_at + in_u, mask=cv_ok, other=0.0).to(tl.float32)
+        corrected = U - tl.dot(W, S.to(ROUND).to(DOT), input_precision="tf32x3")
+        tl.store(corr_at + cv, corrected.to(corr_ptr.dtype.element_ty), mask=cv_ok)
         if HAS_DECAY:
-            S = tl.load(at_d).to(tl.float32) * S
-            at_d += sd_n
-        S += tl.dot(tl.trans(K), corrected, input_precision="ieee")
-        at_k += sk_n
-        at_w += sw_n
-        at_u += su_n
-        at_start += dim_k * dim_v
-        at_corr += chunk * dim_v
+            S = tl.load(d_at).to(tl.float32) * S
+            d_at += sd_n
+        S += tl.dot(tl.trans(K), corrected.to(ROUND).to(DOT), input_precision="tf32x3")
+        k_at += sk_n
+        w_at += sw_n
+        u_at += su_n
+        start_at += dim_k * dim_v
+        corr_at += chunk * dim_v
     tl.store(sf_ptr + bh * dim_k * dim_v + kv, S.to(sf_ptr.dtype.element_ty), mask=kv_ok)
 
 
-def _backward(k_ptr, w_ptr, d_ptr, starts_ptr, corr_ptr, dstarts_ptr, dcorr_ptr, dsf_ptr,
-              dk_ptr, dw_ptr, du_ptr, dd_ptr, ds0_ptr,
+def _backward(k_ptr, w_ptr, d_ptr, dstarts_ptr, dcorr_ptr, dsf_ptr, du_ptr, after_ptr, ds0_ptr,
               n_chunks, chunk, dim_k, dim_v,
               sk_b, sk_h, sk_n, sk_c, sk_k, sw_b, sw_h, sw_n, sw_c, sw_k, sd_b, sd_h, sd_n,
               sg_b, sg_h, sg_n, sg_k, sg_v, sc_b, sc_h, sc_n, sc_c, sc_v, sf_b, sf_h, sf_k, sf_v,
               HEADS: tl.constexpr, HAS_DECAY: tl.constexpr,
-              BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
-    """The adjoint (module docstring) for one (b, h) and BLOCK_V value columns, walking the chunks backwards.
-    Strides given for K (sk_*), W (sw_*), decay (sd_*), dstarts (sg_*), dcorrected (sc_*), dS_final (sf_*);
-    starts and corrected are contiguous, as _forward wrote them; so are the outputs: dU (B, H, N, C, Dv),
-    dS0 (B, H, Dk, Dv) and this value block's partials dK, dW (NV, B, H, N, C, Dk), dd (NV, B, H, N)."""
-    bh = tl.program_id(0).to(tl.int64)
-    vb = tl.program_id(1).to(tl.int64)
+              BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DOT: tl.constexpr):
+    """The sequential part of the adjoint (module docstring) for one (b, h) and BLOCK_V value columns, walking the
+    chunks backwards. Strides given for K (sk_*), W (sw_*), decay (sd_*), dstarts (sg_*), dcorrected (sc_*) and
+    dS_final (sf_*); the outputs are contiguous: dU (B, H, N, C, Dv), G after each chunk (B, H, N, Dk, Dv) and
+    dS0 (B, H, Dk, Dv). Programs and products as in _forward."""
+    ROUND = k_ptr.dtype.element_ty
+    v_blocks = (dim_v + BLOCK_V - 1) // BLOCK_V
+    bh = tl.program_id(0).to(tl.int64) // v_blocks
     b = bh // HEADS
     h = bh % HEADS
-    n_bh = tl.num_programs(0).to(tl.int64)
     rows = tl.arange(0, BLOCK_C)
     ks = tl.arange(0, BLOCK_K)
-    vs = vb * BLOCK_V + tl.arange(0, BLOCK_V)
+    vs = (tl.program_id(0) % v_blocks) * BLOCK_V + tl.arange(0, BLOCK_V)
     row_ok, k_ok, v_ok = rows < chunk, ks < dim_k, vs < dim_v
     ck_ok = row_ok[:, None] & k_ok[None, :]
     cv_ok = row_ok[:, None] & v_ok[None, :]
     kv_ok = k_ok[:, None] & v_ok[None, :]
-    last = n_chunks - 1
-    at_k = k_ptr + b * sk_b + h * sk_h + last * sk_n + rows[:, None] * sk_c + ks[None, :] * sk_k
-    at_w = w_ptr + b * sw_b + h * sw_h + last * sw_n + rows[:, None] * sw_c + ks[None, :] * sw_k
-    at_d = d_ptr + b * sd_b + h * sd_h + last * sd_n
+    in_k = rows[:, None] * sk_c + ks[None, :] * sk_k
+    in_w = rows[:, None] * sw_c + ks[None, :] * sw_k
+    in_dstart = ks[:, None] * sg_k + vs[None, :] * sg_v
+    in_dcorr = rows[:, None] * sc_c + vs[None, :] * sc_v
     kv = ks[:, None] * dim_v + vs[None, :]
     cv = rows[:, None] * dim_v + vs[None, :]
-    ck = rows[:, None] * dim_k + ks[None, :]
-    at_start = starts_ptr + (bh * n_chunks + last) * dim_k * dim_v + kv
-    at_corr = corr_ptr + (bh * n_chunks + last) * chunk * dim_v + cv
-    at_du = du_ptr + (bh * n_chunks + last) * chunk * dim_v + cv
-    partial = vb * n_bh + bh  # this program's (value block, b, h) row of the partials
-    at_dk = dk_ptr + (partial * n_chunks + last) * chunk * dim_k + ck
-    at_dw = dw_ptr + (partial * n_chunks + last) * chunk * dim_k + ck
-    at_dd = dd_ptr + partial * n_chunks + last
-    at_dstart = dstarts_ptr + b * sg_b + h * sg_h + last * sg_n + ks[:, None] * sg_k + vs[None, :] * sg_v
-    at_dcorr = dcorr_ptr + b * sc_b + h * sc_h + last * sc_n + rows[:, None] * sc_c + vs[None, :] * sc_v
+    last = n_chunks - 1
+    k_at = k_ptr + b * sk_b + h * sk_h + last * sk_n
+    w_at = w_ptr + b * sw_b + h * sw_h + last * sw_n
+    d_at = d_ptr + b * sd_b + h * sd_h + last * sd_n
+    dstart_at = dstarts_ptr + b * sg_b + h * sg_h + last * sg_n
+    dcorr_at = dcorr_ptr + b * sc_b + h * sc_h + last * sc_n
+    du_at = du_ptr + (bh * n_chunks + last) * chunk * dim_v
+    after_at = after_ptr + (bh * n_chunks + last) * dim_k * dim_v
     G = tl.load(dsf_ptr + b * sf_b + h * sf_h + ks[:, None] * sf_k + vs[None, :] * sf_v,
                 mask=kv_ok, other=0.0).to(tl.float32)
     for _ in range(n_chunks):
-        K = tl.load(at_k, mask=ck_ok, other=0.0).to(tl.float32)
-        W = tl.load(at_w, mask=ck_ok, other=0.0).to(tl.float32)
-        S = tl.load(at_start, mask=kv_ok, other=0.0).to(tl.float32)
-        corrected = tl.load(at_corr, mask=cv_ok, other=0.0).to(tl.float32)
-        d_corr = tl.load(at_dcorr, mask=cv_ok, other=0.0).to(tl.float32) + tl.dot(K, G, input_precision="ieee")
-        tl.store(at_du, d_corr.to(du_ptr.dtype.element_ty), mask=cv_ok)
-        tl.store(at_dk, tl.dot(corrected, tl.trans(G), input_precision="ieee"), mask=ck_ok)
-        tl.store(at_dw, -tl.dot(d_corr, tl.trans(S), input_precision="ieee"), mask=ck_ok)
-        d_start = tl.load(at_dstart, mask=kv_ok, other=0.0).to(tl.float32)
+        tl.store(after_at + kv, G.to(after_ptr.dtype.element_ty), mask=kv_ok)
+        K = tl.load(k_at + in_k, mask=ck_ok, other=0.0).to(DOT)
+        W = tl.load(w_at + in_w, mask=ck_ok, other=0.0).to(DOT)
+        d_corr = (tl.load(dcorr_at + in_dcorr, mask=cv_ok, other=0.0).to(tl.float32)
+                  + tl.dot(K, G.to(ROUND).to(DOT), input_precision="tf32x3"))
+        tl.store(du_at + cv, d_corr.to(du_ptr.dtype.element_ty), mask=cv_ok)
         if HAS_DECAY:
-            tl.store(at_dd, tl.reduce(tl.reduce(S * G, 1, _ADD), 0, _ADD))
-            G = tl.load(at_d).to(tl.float32) * G
-            at_d -= sd_n
-        G += d_start - tl.dot(tl.trans(W), d_corr, input_precision="ieee")
-        at_k -= sk_n
-        at_w -= sw_n
-        at_start -= dim_k * dim_v
-        at_corr -= chunk * dim_v
-        at_du -= chunk * dim_v
-        at_dk -= chunk * dim_k
-        at_dw -= chunk * dim_k
-        at_dd -= 1
-        at_dstart -= sg_n
-        at_dcorr -= sc_n
+            G = tl.load(d_at).to(tl.float32) * G
+            d_at -= sd_n
+        G += (tl.load(dstart_at + in_dstart, mask=kv_ok, other=0.0).to(tl.float32)
+              - tl.dot(tl.trans(W), d_corr.to(ROUND).to(DOT), input_precision="tf32x3"))
+        k_at -= sk_n
+        w_at -= sw_n
+        dstart_at -= sg_n
+        dcorr_at -= sc_n
+        du_at -= chunk * dim_v
+        after_at -= dim_k * dim_v
     tl.store(ds0_ptr + bh * dim_k * dim_v + kv, G.to(ds0_ptr.dtype.element_ty), mask=kv_ok)
 
 
-# The combine function is passed to tl.reduce (compiled: as a JIT function; interpreted: called through its
-# .fn); the kernels are launched in the mode that fits the device.
-_ADD = JITFunction(_add)
+# The kernels are launched in the mode that fits the device.
 _KERNELS = {
     (name, interpret): (InterpretedFunction if interpret else JITFunction)(fn)
     for name, fn in (("forward", _forward), ("backward", _backward)) for interpret in (False, True)
@@ -194,12 +198,13 @@ class _TritonStatePass(torch.autograd.Function):
         batch, heads, n_chunks, chunk, dim_k = K.shape
         dim_v = U.shape[-1]
         kind = _device_kind(K)
-        blocks = dict(BLOCK_C=_block(chunk, kind), BLOCK_K=_block(dim_k, kind), BLOCK_V=block_v)
+        blocks = dict(BLOCK_C=_block(chunk, kind), BLOCK_K=_block(dim_k, kind), BLOCK_V=block_v,
+                      DOT=tl.float32 if kind == "cpu" else DOTS[K.dtype])
         starts = K.new_empty(batch, heads, n_chunks, dim_k, dim_v)
         corrected = K.new_empty(batch, heads, n_chunks, chunk, dim_v)
         S_final = K.new_empty(batch, heads, dim_k, dim_v)
         d_strides = decay.stride() if decay is not None else (0, 0, 0)
-        launch(_KERNELS, "forward", K.device, (batch * heads, triton.cdiv(dim_v, block_v)),
+        launch(_KERNELS, "forward", K.device, (batch * heads * triton.cdiv(dim_v, block_v),),
             K, W, U, decay if decay is not None else K, S0, starts, corrected, S_final,
             n_chunks, chunk, dim_k, dim_v, *K.stride(), *W.stride(), *U.stride(), *d_strides, *S0.stride(),
             HEADS=heads, HAS_DECAY=decay is not None, **blocks, **LAUNCH[kind])
@@ -213,21 +218,18 @@ class _TritonStatePass(torch.autograd.Function):
         K, W, decay, starts, corrected = ctx.saved_tensors
         batch, heads, n_chunks, chunk, dim_k = K.shape
         dim_v = corrected.shape[-1]
-        n_blocks = triton.cdiv(dim_v, ctx.blocks["BLOCK_V"])
-        partial_k = torch.empty(n_blocks, batch, heads, n_chunks, chunk, dim_k, dtype=torch.float32, device=K.device)
-        partial_w = torch.empty_like(partial_k)
-        partial_d = torch.zeros(n_blocks, batch, heads, n_chunks, dtype=torch.float32, device=K.device)
         dU = torch.empty_like(corrected)
+        after = torch.empty_like(starts)  # G_{n+1}, the gradient of the state after chunk n
         dS0 = K.new_empty(batch, heads, dim_k, dim_v)
         d_strides = decay.stride() if decay is not None else (0, 0, 0)
-        kind = _device_kind(K)
-        launch(_KERNELS, "backward", K.device, (batch * heads, n_blocks),
-            K, W, decay if decay is not None else K, starts, corrected, d_starts, d_corrected, d_final,
-            partial_k, partial_w, dU, partial_d, dS0, n_chunks, chunk, dim_k, dim_v,
+        launch(_KERNELS, "backward", K.device, (batch * heads * triton.cdiv(dim_v, ctx.blocks["BLOCK_V"]),),
+            K, W, decay if decay is not None else K, d_starts, d_corrected, d_final, dU, after, dS0,
+            n_chunks, chunk, dim_k, dim_v,
             *K.stride(), *W.stride(), *d_strides, *d_starts.stride(), *d_corrected.stride(), *d_final.stride(),
-            HEADS=heads, HAS_DECAY=decay is not None, **ctx.blocks, **LAUNCH[kind])
-        dK, dW = (p.sum(0).to(K.dtype) for p in (partial_k, partial_w))
-        dd = None if decay is None else partial_d.sum(0).to(decay.dtype)
+            HEADS=heads, HAS_DECAY=decay is not None, **ctx.blocks, **LAUNCH[_device_kind(K)])
+        dK = corrected @ after.transpose(-1, -2)
+        dW = -(dU @ starts.transpose(-1, -2))
+        dd = None if decay is None else torch.einsum("bhnkv,bhnkv->bhn", starts, after)
         return dK, dW, dU, dd, dS0, None
 
 
