@@ -115,6 +115,28 @@ def test_bfloat16_inputs():
         assert (x - ref).abs().max() <= 2e-2 * ref.abs().max()
 
 
+def test_bfloat16_outputs_and_gradients_are_the_float32_ones_rounded_once():
+    """The kernel computes in float32 whatever the input dtype: on bf16 inputs, y and every gradient equal those of
+    the same values given in float32, rounded to bf16 once. dA, dB, dC, dD and dh0 are float32 sums cast by torch:
+    equal to the bit. y, du, ddelta and dz are rounded by the kernel's stores: within one bf16 unit in the last
+    place, as triton's interpreter rounds float32 -> bf16 toward zero where a GPU rounds to nearest."""
+    inputs, w_y, w_h = make_inputs(2, 7, 5, 3, seed=5)
+    dy, dh = w_y.to(torch.bfloat16), w_h.float()
+    results = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        leaves = [x.to(torch.bfloat16).to(dtype).requires_grad_() for x in inputs]
+        y, h = fused.selective_scan(*leaves, block_t=4, block_d=2)
+        grads = torch.autograd.grad((y, h), leaves, (dy.to(dtype), dh))
+        results[dtype] = [y, *grads]
+    ulp = torch.finfo(torch.bfloat16).eps
+    for name, got, full in zip(("y", *NAMES), results[torch.bfloat16], results[torch.float32]):
+        assert got.dtype == torch.bfloat16, name
+        if name in ("y", "u", "delta", "z"):
+            assert ((got.float() - full).abs() <= ulp * full.abs()).all(), name
+        else:
+            assert torch.equal(got, full.to(torch.bfloat16)), name
+
+
 def test_core_dispatches_to_the_kernel_only_where_asked(monkeypatch):
     """core.selective_scan takes the kernel with SSMBENCH_KERNELS=triton under the interpreter (and gets the
     loop's numbers), the torch path for a plain CPU run under auto, and refuses float64 for triton in one line."""

@@ -27,7 +27,8 @@ order and scans forward; the recomputed h_{t-1} reach that order through a per-p
 (BLOCK_T, BLOCK_D, N), written in ascending and read in descending order: Bt * Dm * N * BLOCK_T floats
 in all, reused by every tile. dB and dC sum over channels, which several programs own: each program writes
 its block's partial sums, (Dm / BLOCK_D, Bt, L, N), added in torch (deterministic); dA and dD likewise
-per batch row, (Bt, Dm, N) and (Bt, Dm).
+per batch row, (Bt, Dm, N) and (Bt, Dm). du, ddelta and dz are written in their inputs' dtypes (computed in
+float32, rounded once at the store), so bf16 inputs cost no float32 copies of them.
 
 CUDA tensors run the compiled kernels; CPU tensors run them in Triton's interpreter (numpy; for tests),
 built from the same functions as ssmbench.kernels.linear_scan explains (triton.language builtins only).
@@ -125,8 +126,9 @@ def _backward(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dy_ptr, starts_p
               HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DHLAST: tl.constexpr,
               BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     """The gradients (module docstring) for one batch row and BLOCK_D channels, the tiles from the last.
-    du, ddelta, dz: (Bt, L, Dm) contiguous; dA: (Bt, Dm, N), dD: (Bt, Dm), dh0: (Bt, Dm, N) per batch row;
-    dB, dC: (Dm / BLOCK_D, Bt, L, N) per channel block; all float32 and contiguous. dy: strides sg_*."""
+    du, ddelta, dz: (Bt, L, Dm) contiguous, in u's, delta's and z's dtypes; dA: (Bt, Dm, N), dD: (Bt, Dm), dh0:
+    (Bt, Dm, N) per batch row; dB, dC: (Dm / BLOCK_D, Bt, L, N) per channel block; these float32 and contiguous.
+    dy: strides sg_*."""
     row = tl.program_id(0).to(tl.int64)
     block = tl.program_id(1)
     rows_all = tl.num_programs(0)
@@ -187,7 +189,7 @@ def _backward(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dy_ptr, starts_p
             dyp = dy * z * sig
             y_pre = tl.reduce(h * Ct[:, None, :], 2, _ADD) + Dd[None, :] * u
             dz = dy * y_pre * sig * (1.0 + z * (1.0 - sig))
-            tl.store(dz_ptr + (row * length + time[:, None]) * width + cols[None, :], dz, mask=ok)
+            tl.store(dz_ptr + (row * length + time[:, None]) * width + cols[None, :], dz.to(dz_ptr.dtype.element_ty), mask=ok)
         if HAS_D:
             dD += tl.reduce(dyp * u, 0, _ADD)
         dC = tl.reduce(dyp[:, :, None] * h, 1, _ADD)
@@ -227,8 +229,8 @@ def _backward(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dy_ptr, starts_p
         ddt = d_dtu * u + tl.reduce(x * A[None, :, :], 2, _ADD)
         du = d_dtu * dt + Dd[None, :] * dyp
         at = (row * length + time[:, None]) * width + cols[None, :]
-        tl.store(ddt_ptr + at, ddt, mask=ok)
-        tl.store(du_ptr + at, du, mask=ok)
+        tl.store(ddt_ptr + at, ddt.to(ddt_ptr.dtype.element_ty), mask=ok)
+        tl.store(du_ptr + at, du.to(du_ptr.dtype.element_ty), mask=ok)
         dA += tl.reduce(x * dt[:, :, None], 0, _ADD)
         dB = tl.reduce(g * (dt * u)[:, :, None], 1, _ADD)
         tl.store(dB_ptr + at_partial + time[:, None] * n_state + states[None, :], dB, mask=ok_n)
@@ -289,8 +291,8 @@ class _TritonSelectiveScan(torch.autograd.Function):
         f32 = {"dtype": torch.float32, "device": u.device}
         if dy is None:
             dy = torch.zeros(batch, 1, width, dtype=u.dtype, device=u.device).expand(batch, length, width)
-        du, ddelta = torch.empty(batch, length, width, **f32), torch.empty(batch, length, width, **f32)
-        dz = torch.empty(batch, length, width, **f32) if z is not None else du
+        du, ddelta = u.new_empty(batch, length, width), delta.new_empty(batch, length, width)  # in their dtypes
+        dz = z.new_empty(batch, length, width) if z is not None else du
         dA, dh0 = torch.empty(batch, width, n_state, **f32), torch.empty(batch, width, n_state, **f32)
         dD = torch.empty(batch, width, **f32) if D is not None else du
         dB, dC = torch.empty(blocks, batch, length, n_state, **f32), torch.empty(blocks, batch, length, n_state, **f32)
@@ -304,9 +306,9 @@ class _TritonSelectiveScan(torch.autograd.Function):
             *u.stride(), *delta.stride(), *zs.stride(), *dy.stride(), *B.stride(), *C.stride(), *A.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DHLAST=dh_last is not dh0,
             BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=_warps(block_t, block_d, block_n))
-        return (du.to(u.dtype), ddelta.to(delta.dtype), dA.sum(0).to(A.dtype), dB.sum(0).to(B.dtype),
+        return (du, ddelta, dA.sum(0).to(A.dtype), dB.sum(0).to(B.dtype),
                 dC.sum(0).to(C.dtype), dD.sum(0).to(D.dtype) if D is not None else None,
-                dz.to(z.dtype) if z is not None else None, dh0.to(h0.dtype) if h0 is not None else None, None, None)
+                dz if z is not None else None, dh0.to(h0.dtype) if h0 is not None else None, None, None)
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
