@@ -47,8 +47,8 @@ from ssmbench.kernels import KERNEL_DTYPES, launch, tile
 
 # (steps per tile, channels per program); all N states of a channel are in the program (N padded to a power of
 # two). The interpreter spends Python time on every element of a tile: small tiles there. The CUDA tile is not
-# yet timed on a GPU (issue 17); compiled for sm_90 with _warps' choice it needs 82 (forward) and 178 (backward)
-# registers per thread at N = 16 and spills nothing, where 16 x 32 and 32 x 16 tiles spill in backward.
+# yet timed on a GPU (issue 17); compiled for sm_90 with _warps' choice it needs 80 (forward) and 182 (backward)
+# registers per thread at N = 16 and spills nothing, where backward spills at 16 x 32 and needs 254 at 32 x 16.
 BLOCKS = {"cuda": (16, 16), "cpu": (4, 4)}
 DTYPES = KERNEL_DTYPES["selective_scan"]
 
