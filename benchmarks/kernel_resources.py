@@ -20,16 +20,20 @@ the compiler vectorize loads and pipeline them), the constexprs and launch optio
 What this shows without a GPU: that a kernel builds for the architecture with this triton (a GPU machine may have
 another version: the lent machines' image has triton 3.6), and where a tile spills (STACK > 0) or needs more
 shared memory than a GPU has (H100: 227 KiB per block). It times nothing: speed needs a GPU (benchmarks/gpu.py).
-Registers and stack are read from the cubin with the cuobjdump bundled with triton.
+Registers and stack are read from the cubin with the cuobjdump bundled with triton. The compile time is that of
+triton.compile into an empty cache on this machine's CPU: what a user waits for at the first step that uses the
+kernel (the JIT compiles each specialization once, then reads it from ~/.triton/cache).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -185,15 +189,27 @@ def main() -> None:
     parser.add_argument("--tiles", action="store_true", help="also the other tiles worth trying")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)  # triton's notices about its own defaults
-    print(f"triton {triton.__version__}, sm_{args.arch}; per thread: registers, stack bytes (spills); per block: "
-          f"shared KiB (dynamic + static)")
-    print(f"{'workload':<24} {'kernel':<28} {'tile':<34} {'launch':<26} {'reg':>4} {'stack':>6} {'shared':>7}")
+    # A cache of its own, removed at the end, so that every kernel is compiled here: its compile time is a first use's.
+    with tempfile.TemporaryDirectory(prefix="kernel_resources_") as cache:
+        os.environ["TRITON_CACHE_DIR"] = cache
+        report(args.arch, args.tiles)
+        if not any(Path(cache).iterdir()):
+            sys.exit("triton did not compile into the cache given by TRITON_CACHE_DIR: the compile times above may "
+                     "be cache reads")
+
+
+def report(arch: int, tiles: bool) -> None:
+    """Compile every recorded launch (with `tiles`, its other tiles too) for sm_<arch> and print a row for each."""
+    print(f"triton {triton.__version__}, sm_{arch}; per thread: registers, stack bytes (spills); per block: "
+          f"shared KiB (dynamic + static); seconds to compile on this CPU (a first use's wait, cache empty)")
+    print(f"{'workload':<24} {'kernel':<28} {'tile':<34} {'launch':<26} {'reg':>4} {'stack':>6} {'shared':>7} "
+          f"{'compile s':>9}")
     seen = set()
     for label, run in workloads().items():
         launches: list[Launch] = []
         with recording(launches):
             run()
-        for launch in (v for recorded in launches for v in variants(recorded, args.tiles)):
+        for launch in (v for recorded in launches for v in variants(recorded, tiles)):
             source, options = specialized(launch)
             key = source.hash() + str(options)
             if key in seen:
@@ -202,14 +218,17 @@ def main() -> None:
             tile = ",".join(f"{k.removeprefix('BLOCK_')}={v}" for k, v in launch.kwargs.items() if k.startswith("BLOCK"))
             row = (f"{label:<24} {launch.module + '.' + launch.name:<28} {tile:<34} "
                    f"{','.join(f'{k}={v}' for k, v in options.items()) or 'default':<26}")
+            start = time.perf_counter()
             try:
-                compiled = triton.compile(source, target=GPUTarget("cuda", args.arch, 32), options=options)
+                compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
             except Exception as e:  # noqa: BLE001 - a kernel that does not build is the finding
                 print(f"{row} does not build: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
                 continue
+            seconds = time.perf_counter() - start
             use = resources(compiled.asm["cubin"])
             shared = compiled.metadata.shared + use.get("SHARED", 0)
-            print(f"{row} {use.get('REG', -1):>4} {use.get('STACK', -1):>6} {shared / 1024:>7.0f}", flush=True)
+            print(f"{row} {use.get('REG', -1):>4} {use.get('STACK', -1):>6} {shared / 1024:>7.0f} {seconds:>9.1f}",
+                  flush=True)
 
 
 if __name__ == "__main__":
