@@ -49,9 +49,10 @@ from ssmbench.kernels import KERNEL_DTYPES, launch
 # for sm_90 at Dk = 128, C = 64 (issue 17's shape; timing them needs a GPU). At 32 columns, 8 warps and two pipeline
 # stages (prefetching the next chunk's K, W, U): 16-bit inputs 128 / 145 registers (forward / backward), no spills,
 # 85 / 81 KiB of shared memory; float32 inputs (what core passes: "tf32x3" splits every operand in two) 255
-# registers and about 0.9 KiB of stack per thread, 105 KiB; every other tile tried (16-64 columns, 4 or 8 warps)
-# spills 0.8-1.4 KiB in float32. Before the products ran on tensor cores and the tiles were addressed from fixed
-# offsets, float32 needed 5.5 / 13.7 KiB of stack. Interpreted: one block (fewer programs, each numpy-vectorized).
+# registers and 0.9 / 0.75 KiB of stack per thread (triton 3.6: 1.1 / 1.0), 105 KiB; the other tiles tried (16-64
+# columns, 4 or 8 warps) spill 0.7-1.1 KiB in float32 (3.6: 0.9-1.5), 16 columns at 8 warps a little less than 32:
+# a GPU's timing decides. Before the products ran on tensor cores and the tiles were addressed from fixed offsets,
+# float32 needed 5.5 / 13.7 KiB of stack. Interpreted: one block (fewer programs, each numpy-vectorized).
 VALUE_BLOCK = {"cuda": 32, "cpu": 128}
 MIN_BLOCK = {"cuda": 16, "cpu": 1}  # tl.dot's smallest compiled operand side; the interpreter takes any
 LAUNCH = {"cuda": dict(num_warps=8, num_stages=2), "cpu": {}}
@@ -144,7 +145,7 @@ def _backward(k_ptr, w_ptr, d_ptr, dstarts_ptr, dcorr_ptr, dsf_ptr, du_ptr, afte
     in_dcorr = rows[:, None] * sc_c + vs[None, :] * sc_v
     kv = ks[:, None] * dim_v + vs[None, :]
     cv = rows[:, None] * dim_v + vs[None, :]
-    last = n_chunks - 1
+    last = tl.cast(n_chunks - 1, tl.int64)  # offsets by whole chunks can pass 2^31 (N the outermost stride)
     k_at = k_ptr + b * sk_b + h * sk_h + last * sk_n
     w_at = w_ptr + b * sw_b + h * sw_h + last * sw_n
     d_at = d_ptr + b * sd_b + h * sd_h + last * sd_n
