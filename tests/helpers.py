@@ -105,6 +105,15 @@ def outputs_and_grads(monkeypatch, mixer, x, kernels: str):
     return y.detach(), {n: p.grad.clone() for n, p in mixer.named_parameters() if p.grad is not None}
 
 
+def imports_triton(code: str) -> bool:
+    """Whether running `code` (Python source) in a fresh interpreter, with the repo importable and nothing of this
+    process's environment but one thread, leaves triton in sys.modules."""
+    code += "; import sys; print('triton' in sys.modules)"
+    env = {"PATH": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip() == "True"
+
+
 def triton_interpreter_problem() -> str | None:
     """Why Triton's interpreter, as installed, cannot run ssmbench's kernels on CPU tensors (None where it can, or
     where triton is missing: those tests skip on their own). The kernels loop over tiles up to a runtime length,

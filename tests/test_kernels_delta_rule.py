@@ -9,8 +9,6 @@ The operands K, W, U, decay, S0 of the state pass are those core computes for re
 The kernels pick the interpreter for CPU tensors whatever TRITON_INTERPRET said when triton was imported; the
 tests that go through core's dispatch set TRITON_INTERPRET and SSMBENCH_KERNELS per test (monkeypatch)."""
 
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -22,7 +20,7 @@ from ssmbench.core import delta_rule  # noqa: E402
 from ssmbench.core.delta_rule import (delta_rule_chunkwise, gated_delta_rule_chunkwise,  # noqa: E402
                                       gated_delta_rule_recurrent)
 from ssmbench.kernels import delta_rule_state as fused  # noqa: E402
-from tests.helpers import REPO_ROOT, spy_on  # noqa: E402
+from tests.helpers import imports_triton, spy_on  # noqa: E402
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -237,11 +235,8 @@ def test_empty_batch_takes_the_torch_path(monkeypatch, kernel_calls):
 
 def test_core_does_not_import_triton():
     """Importing and using core.delta_rule on the CPU leaves triton unimported (a fresh process; auto mode)."""
-    code = ("import sys, torch; from ssmbench.core.delta_rule import delta_rule_chunkwise as f; "
-            "x = torch.randn(1, 1, 9, 4); f(x, x, x, torch.rand(1, 1, 9), chunk_size=4); print('triton' in sys.modules)")
-    env = {"PATH": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert not imports_triton("import torch; from ssmbench.core.delta_rule import delta_rule_chunkwise as f; "
+                              "x = torch.randn(1, 1, 9, 4); f(x, x, x, torch.rand(1, 1, 9), chunk_size=4)")
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -7,7 +7,6 @@ The kernels pick the interpreter for CPU tensors whatever TRITON_INTERPRET said 
 this file needs no environment of its own and runs in any order with the others; the dispatch tests set
 TRITON_INTERPRET per test (monkeypatch)."""
 
-import subprocess
 import sys
 
 import pytest
@@ -19,7 +18,7 @@ pytestmark = pytest.mark.interpreter  # (the CUDA tests are marked gpu and run c
 from ssmbench import kernels  # noqa: E402
 from ssmbench.core.scan import linear_scan, linear_scan_reference  # noqa: E402
 from ssmbench.kernels import linear_scan as fused  # noqa: E402
-from tests.helpers import REPO_ROOT, spy_on  # noqa: E402
+from tests.helpers import imports_triton, spy_on  # noqa: E402
 
 B, D = 2, 3
 WIDE = {torch.float32: torch.float64, torch.bfloat16: torch.float64, torch.float16: torch.float64,
@@ -205,11 +204,8 @@ def test_unknown_mode_is_a_one_line_error(monkeypatch):
 
 def test_core_does_not_import_triton():
     """Importing and using core.scan on the CPU leaves triton unimported (a fresh process; auto mode)."""
-    code = ("import sys, torch; from ssmbench.core.scan import linear_scan; "
-            "linear_scan(torch.rand(4), torch.randn(2, 40, 4)); print('triton' in sys.modules)")
-    env = {"PATH": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert not imports_triton("import torch; from ssmbench.core.scan import linear_scan; "
+                              "linear_scan(torch.rand(4), torch.randn(2, 40, 4))")
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
